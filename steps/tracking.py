@@ -1,0 +1,175 @@
+"""Tracking: one MLflow parent run per flow run, one nested run per step, metrics logged in batches.
+
+The embedded default is a SQLite database, `mlflow.db`, in the directory the flow is started from
+(`MLFLOW_TRACKING_URI` overrides it, e.g. an `mlflow server`). The URI is resolved once, when the flow
+starts, and every step (also a resumed one, from another directory) logs to that same place.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+EXPERIMENT = "reviewflow"
+METRIC_BATCH = 200  # MLflow's log_batch accepts up to 1000 metrics per call
+
+
+def resolve_tracking_uri() -> str:
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    return f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def client(uri: str):
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    import mlflow
+    from mlflow import MlflowClient
+
+    mlflow.set_tracking_uri(uri)
+    return MlflowClient(tracking_uri=uri)
+
+
+def _experiment_id(mlflow_client, name: str) -> str:
+    experiment = mlflow_client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    try:
+        return mlflow_client.create_experiment(name)
+    except Exception:  # created concurrently by another process
+        return mlflow_client.get_experiment_by_name(name).experiment_id
+
+
+def start_flow_run(uri: str, flow_name: str, run_id: str, params: dict, tags: dict | None = None,
+                   experiment: str = EXPERIMENT) -> str:
+    """Create the parent MLflow run of a flow run; returns its id."""
+    mlflow_client = client(uri)
+    run = mlflow_client.create_run(
+        _experiment_id(mlflow_client, experiment),
+        run_name=f"{flow_name}/{run_id}",
+        tags={
+            "metaflow_flow": flow_name,
+            "metaflow_run": f"{flow_name}/{run_id}",
+            "mlflow.source.name": f"{flow_name} (Metaflow)",
+            "mlflow.user": os.environ.get("USERNAME") or os.environ.get("USER") or "unknown",
+            **(tags or {}),
+        },
+    )
+    log_params(mlflow_client, run.info.run_id, params)
+    return run.info.run_id
+
+
+def finish_flow_run(uri: str, parent_run_id: str, status: str = "FINISHED") -> None:
+    client(uri).set_terminated(parent_run_id, status)
+
+
+def log_params(mlflow_client, run_id: str, params: dict) -> None:
+    from mlflow.entities import Param
+
+    items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+    for start in range(0, len(items), 100):
+        mlflow_client.log_batch(run_id, params=items[start:start + 100])
+
+
+class StepRun:
+    """Logging handle for one step's nested MLflow run; metrics are buffered and sent in batches."""
+
+    def __init__(self, mlflow_client, run_id: str):
+        self.client = mlflow_client
+        self.run_id = run_id
+        self._pending = []
+
+    def params(self, params: dict) -> None:
+        log_params(self.client, self.run_id, params)
+
+    def metrics(self, metrics: dict, step: int = 0) -> None:
+        import math
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        for key, value in metrics.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                continue
+            self._pending.append(Metric(key, float(value), now, step))
+        if len(self._pending) >= METRIC_BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending[:METRIC_BATCH], self._pending[METRIC_BATCH:]
+            self.client.log_batch(self.run_id, metrics=batch)
+
+    def tags(self, tags: dict) -> None:
+        for key, value in tags.items():
+            self.client.set_tag(self.run_id, key, str(value))
+
+    def artifact(self, path: str | os.PathLike, subdir: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), subdir)
+
+    def json(self, obj, name: str) -> None:
+        self.text(json.dumps(obj, indent=2, default=str), name)
+
+    def text(self, text: str, name: str) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            target = Path(tmp) / Path(name).name
+            target.write_text(text)
+            subdir = str(Path(name).parent) if str(Path(name).parent) != "." else None
+            self.artifact(target, subdir)
+
+    def frame(self, frame, name: str) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            target = Path(tmp) / Path(name).name
+            frame.to_csv(target, index=False)
+            subdir = str(Path(name).parent) if str(Path(name).parent) != "." else None
+            self.artifact(target, subdir)
+
+
+@contextmanager
+def step_run(uri: str, parent_run_id: str, step_name: str, pathspec: str, attempt: int = 0):
+    """A nested MLflow run for one Metaflow step, marked FAILED (with its parent) if the step raises.
+
+    The fluent API's active run is set to it, so `mlflow.*` calls inside the block log there too.
+    """
+    import mlflow
+
+    mlflow_client = client(uri)
+    parent = mlflow_client.get_run(parent_run_id)
+    if parent.info.status != "RUNNING":
+        # A resumed flow run: its parent was marked FAILED when a step crashed; it is running again.
+        mlflow_client.update_run(parent_run_id, status="RUNNING")
+        mlflow_client.set_tag(parent_run_id, "resumed", "true")
+    run = mlflow.start_run(
+        experiment_id=parent.info.experiment_id,
+        run_name=step_name,
+        nested=True,
+        parent_run_id=parent_run_id,
+        tags={"metaflow_step": step_name, "metaflow_pathspec": pathspec, "metaflow_attempt": str(attempt)},
+    )
+    handle = StepRun(mlflow_client, run.info.run_id)
+    try:
+        yield handle
+        handle.flush()
+    except BaseException:
+        try:
+            handle.flush()
+        finally:
+            mlflow.end_run(status="FAILED")
+            mlflow_client.set_terminated(parent_run_id, "FAILED")
+        raise
+    mlflow.end_run(status="FINISHED")
+
+
+def log_dataset(mlflow_client, run_ids: list[str], frame, fingerprint: str, source: str, name: str = "reviews",
+                context: str = "training") -> None:
+    """Record the ingested data as an MLflow dataset input, its digest being our fingerprint, on each run."""
+    import mlflow
+    from mlflow.tracking.fluent import _create_dataset_input
+
+    dataset = mlflow.data.from_pandas(frame, source=source, name=name, targets="isPositive", digest=fingerprint[:36])
+    dataset_input = _create_dataset_input(dataset, context, {"fingerprint": fingerprint})
+    for run_id in run_ids:
+        mlflow_client.log_inputs(run_id, datasets=[dataset_input])

@@ -1,0 +1,67 @@
+"""Shared test setup: offline, quiet, few threads; a tiny DistilBERT and small review files built here."""
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+# Tests never reach the network: no Hub downloads, no telemetry.
+os.environ.setdefault("USERNAME", "reviewflow-tests")
+os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ["TOKENIZERS_PARALLELISM"] = "false"
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+os.environ.setdefault("MKL_NUM_THREADS", "2")
+os.environ["TQDM_DISABLE"] = "1"
+os.environ["GIT_PYTHON_REFRESH"] = "quiet"
+
+from tests.fixtures import build_tiny_distilbert, write_reviews_csv  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    return build_tiny_distilbert(tmp_path_factory.mktemp("tiny-distilbert"))
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+@pytest.fixture
+def reviews_csv(tmp_path) -> Path:
+    return write_reviews_csv(tmp_path / "reviews.csv", rows=160)
+
+
+@pytest.fixture
+def use_mlflow(monkeypatch):
+    """Point this process's MLflow (tracking and registry) at a URI for one test, and undo it afterwards.
+
+    mlflow.set_tracking_uri/set_registry_uri also export MLFLOW_*_URI to the environment, which flows run
+    by later tests would inherit; the monkeypatched environment and the reset below keep tests apart.
+    """
+    import mlflow
+
+    def use(uri: str) -> str:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+        monkeypatch.setenv("MLFLOW_REGISTRY_URI", uri)
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
+        return uri
+
+    yield use
+    mlflow.set_tracking_uri(None)
+    mlflow.set_registry_uri(None)
+
+
+@pytest.fixture
+def tracking_uri(tmp_path, monkeypatch, use_mlflow) -> str:
+    """A fresh SQLite MLflow store for one test; MLflow's default artifact root (./mlruns) lands there too."""
+    monkeypatch.chdir(tmp_path)
+    return use_mlflow(f"sqlite:///{tmp_path / 'mlflow.db'}")

@@ -1,0 +1,58 @@
+import mlflow
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+
+from steps import registry, tracking
+from steps.models import load_classifier, load_tokenizer
+
+
+@pytest.fixture(scope="module")
+def classifier_dir(tiny_model_dir, tmp_path_factory):
+    path = tmp_path_factory.mktemp("classifier")
+    load_classifier(str(tiny_model_dir)).save_pretrained(path)
+    load_tokenizer(str(tiny_model_dir)).save_pretrained(path)
+    return str(path)
+
+
+def _register(uri, classifier_dir, metaflow_run):
+    parent = tracking.start_flow_run(uri, "ReviewFlow", metaflow_run.split("/")[-1], {})
+    with tracking.step_run(uri, parent, "register", f"{metaflow_run}/register/8") as run:
+        return registry.register(run.client, "review-classifier", classifier_dir, 32, metaflow_run,
+                                 {"data_fingerprint": "abc123", "test_f1": 0.8})
+
+
+def test_first_version_is_tagged_champion_and_challenger_and_predicts(tracking_uri, classifier_dir):
+    reg = _register(tracking_uri, classifier_dir, "ReviewFlow/1")
+    assert (reg.version, reg.created, reg.aliases) == (1, True, ["challenger", "champion"])
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    version = client.get_model_version("review-classifier", "1")
+    assert version.tags["metaflow_run"] == "ReviewFlow/1" and version.tags["data_fingerprint"] == "abc123"
+    assert set(client.get_registered_model("review-classifier").aliases) == {"challenger", "champion"}
+
+    model = mlflow.pyfunc.load_model("models:/review-classifier@champion")
+    assert model.metadata.signature.inputs.input_names() == ["reviewText"]
+    out = model.predict(pd.DataFrame({"reviewText": ["great phone", "terrible junk", ""]}))
+    assert list(out.columns) == ["label", "probability_positive"] and len(out) == 3
+    assert out["probability_positive"].between(0, 1).all()
+    assert (out["label"] == (out["probability_positive"] >= 0.5).astype(int)).all()
+    with pytest.raises(Exception, match="reviewText"):
+        model.predict(pd.DataFrame({"text": ["no such column"]}))
+
+
+def test_registration_is_idempotent_per_flow_run_and_champion_stays(tracking_uri, classifier_dir):
+    first = _register(tracking_uri, classifier_dir, "ReviewFlow/1")
+    again = _register(tracking_uri, classifier_dir, "ReviewFlow/1")  # a retried/resumed register step
+    assert (again.version, again.created) == (first.version, False)
+    second = _register(tracking_uri, classifier_dir, "ReviewFlow/2")
+    assert second.version == 2 and second.aliases == ["challenger"]
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    assert len(client.search_model_versions("name = 'review-classifier'")) == 2
+    assert int(client.get_model_version_by_alias("review-classifier", "champion").version) == 1
+    assert int(client.get_model_version_by_alias("review-classifier", "challenger").version) == 2
+
+
+def test_pip_requirements_pin_runtime_packages_without_local_tags():
+    pins = registry.pip_requirements()
+    assert any(p.startswith("torch==") for p in pins) and all("+" not in p for p in pins)
+    assert not any(p.startswith("torchvision") for p in pins)

@@ -1,0 +1,68 @@
+"""The whole ReviewFlow, run for real with metaflow.Runner on a tiny DistilBERT and a small CSV."""
+import mlflow
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+
+from tests.flow_runs import TINY_TRAINING, run_flow
+
+pytestmark = pytest.mark.flow
+STEPS = ["ingest", "validate", "split", "tokenize", "train", "evaluate", "register"]
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, tiny_model_dir):
+    workdir = tmp_path_factory.mktemp("review-flow")
+    data = workdir / "reviews.csv"
+    from tests.fixtures import write_reviews_csv
+
+    write_reviews_csv(data, rows=400)
+    run, executing = run_flow("review_flow.py", workdir, data=str(data), model=str(tiny_model_dir),
+                              seed=1, **TINY_TRAINING)
+    assert executing.status == "successful", executing.stderr
+    return run, executing, f"sqlite:///{workdir / 'mlflow.db'}"
+
+
+def test_flow_registers_a_tagged_champion_that_loads_and_predicts(finished, use_mlflow):
+    run, executing, uri = finished
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    versions = client.search_model_versions("name = 'review-classifier'")
+    assert len(versions) == 1
+    version = versions[0]
+    assert version.tags["metaflow_run"] == run.pathspec
+    assert version.tags["data_fingerprint"] == run.data.fingerprint
+    assert set(client.get_registered_model("review-classifier").aliases) == {"challenger", "champion"}
+    use_mlflow(uri)
+    model = mlflow.pyfunc.load_model("models:/review-classifier@champion")
+    out = model.predict(pd.DataFrame({"reviewText": ["the phone is great and i love it",
+                                                     "terrible battery , broken and useless"]}))
+    assert out["label"].tolist() == [1, 0]
+    assert out["probability_positive"].iloc[0] > 0.5 > out["probability_positive"].iloc[1]
+
+
+def test_flow_logs_one_parent_run_with_a_nested_run_per_step(finished):
+    run, executing, uri = finished
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    experiment = client.get_experiment_by_name("reviewflow")
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1
+    parent = parents[0]
+    assert parent.info.status == "FINISHED" and parent.data.tags["metaflow_run"] == run.pathspec
+    assert parent.data.params["epochs"] == "4" and parent.data.params["data"].endswith("reviews.csv")
+    children = {r.info.run_name: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    assert sorted(children) == sorted(STEPS)
+    assert all(child.info.status == "FINISHED" for child in children.values())
+    assert children["train"].data.tags["metaflow_pathspec"].startswith(run.pathspec + "/train/")
+    assert children["evaluate"].data.metrics["test_accuracy"] == pytest.approx(run.data.test_metrics["accuracy"])
+    inputs = parent.inputs.dataset_inputs
+    assert len(inputs) == 1 and inputs[0].dataset.digest == run.data.fingerprint[:36]
+
+
+def test_flow_artifacts_show_what_happened(finished):
+    run, executing, uri = finished
+    assert run.successful
+    assert sum(len(run.data.tokens[name]) for name in ("train", "validation", "test")) == 400
+    assert run.data.test_metrics["accuracy"] >= 0.85  # the synthetic sentiment words are easy to learn
+    assert run.data.registration["version"] == 1
+    assert "test accuracy" in executing.stdout and "models:/review-classifier/1" in executing.stdout
