@@ -22,7 +22,7 @@ def verdict(report, drift, fail_on_drift: bool) -> str:
 
 def validation_card(report, drift, mlflow_run_id: str, fail_on_drift: bool = False) -> list:
     """Card components (metaflow.cards) for a ValidationReport and a DriftReport (None when not checked)."""
-    from metaflow.cards import Markdown, Table
+    from metaflow.cards import JSONViewer, Markdown, Table
 
     metrics = report.metrics()
     parts = [
@@ -65,8 +65,11 @@ def validation_card(report, drift, mlflow_run_id: str, fail_on_drift: bool = Fal
                            headers=["feature", "PSI", "level", "training data", "new data"]))
         if drift.notes:
             parts.append(Markdown("Notes: " + "; ".join(drift.notes)))
+    parts.append(Markdown("## Great Expectations validation result"))
+    parts.append(JSONViewer(report.gx_result, collapsible=True, max_height="480px",
+                            title="validation/gx_result.json (long values trimmed)"))
     parts.append(Markdown(
-        f"Full report: MLflow run `{mlflow_run_id}` (step run `validate`), artifacts `validation/gx_result.json`, "
-        "`validation/data_docs/index.html` (Great Expectations Data Docs), `validation/quarantine.csv`, "
-        "`validation/drift.json`."))
+        f"The same result rendered as GX Data Docs, the quarantined rows and the drift figures are artifacts of "
+        f"MLflow run `{mlflow_run_id}` (the `validate` step run): `validation/data_docs/index.html`, "
+        "`validation/gx_result.json`, `validation/quarantine.csv`, `validation/drift.json`."))
     return parts

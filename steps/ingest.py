@@ -234,7 +234,9 @@ class IngestResult:
             if details:
                 notes.append(f"{read['file']}: read with {', '.join(details)}")
         if self.label_counts:
-            notes.append(f"labels mapped ({self.label_mapping}): {self.label_counts}")
+            shown = dict(sorted(self.label_counts.items(), key=lambda kv: -kv[1])[:10])
+            more = f" and {len(self.label_counts) - 10} more values" if len(self.label_counts) > 10 else ""
+            notes.append(f"labels mapped ({self.label_mapping}): rows per value {shown}{more}")
         if self.rejected is not None and len(self.rejected):
             notes.append(f"{len(self.rejected)} record(s) set aside for the quarantine: "
                          f"{self.rejected['reason'].value_counts().to_dict()}")

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from schemas import load_contract, load_suite, suite_parameters
+from schemas import canonical_columns, load_contract, load_suite, suite_parameters
 from steps.errors import ReviewflowError
 
 EXAMPLES_PER_FAILURE = 3
@@ -115,6 +115,12 @@ def _trim(value):
     if isinstance(value, dict):
         return {k: _trim(v) for k, v in value.items()}
     return value
+
+
+def suite_columns() -> list[str]:
+    """The canonical columns the suite's expectations name (derived columns excluded)."""
+    named = {e["kwargs"]["column"] for e in load_suite()["expectations"] if "column" in e["kwargs"]}
+    return [c for c in canonical_columns() if c in named]
 
 
 def label_conflicts(frame, chunk_rows: int = 100_000):
@@ -241,7 +247,9 @@ def validate_reviews(frame, max_bad_fraction: float = 0.05, origin=None, rejecte
         raise ValueError(f"origin has {len(origin)} rows for {len(frame)} canonical rows")
     rejected = rejected if rejected is not None else pd.DataFrame(columns=["source_file", "source_row", "reason"])
 
-    batch = frame.assign(**{LABEL_CONFLICT: label_conflicts(frame).to_numpy()})  # no column copies (pandas CoW)
+    # GX gets only the columns the suite checks: it copies the rows of its batch for column checks.
+    checked = [c for c in suite_columns() if c in frame.columns]
+    batch = frame[checked].assign(**{LABEL_CONFLICT: label_conflicts(frame).to_numpy()})
     gx_result, indexes, docs_index = _run_suite(batch, docs_dir)
 
     failures: list[dict] = []

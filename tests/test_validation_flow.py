@@ -3,6 +3,8 @@ existing champion stays where it was. The full corpus of bad inputs is covered w
 test_bad_inputs.py; these runs check the flow's behaviour for each way of stopping (ingest, validate, drift)."""
 from __future__ import annotations
 
+import json
+
 import mlflow
 import pandas as pd
 import pytest
@@ -79,7 +81,7 @@ def test_unmapped_labels_stop_the_flow_at_ingest_and_nothing_is_registered(tmp_p
     data = tmp_path / "stars.csv"
     review_frame(100).assign(isPositive=lambda f: 1 + f.index % 5).to_csv(data, index=False)
     run, executing = run_flow("review_flow.py", tmp_path / "work", data=str(data), model=str(tiny_model_dir))
-    assert executing.status == "failed" and not run.successful
+    assert executing.status == "failed" and executing.returncode != 0 and not run.successful
     assert "column 'isPositive' holds labels outside the contract" in output(executing)
     assert "--positive-if '>=4'" in output(executing)
     assert [step.id for step in run] == ["ingest", "start"]  # stopped before validate and split
@@ -96,7 +98,7 @@ def test_failed_validation_registers_nothing_and_keeps_the_champion(champion_wor
     data = tmp_path / "blank.csv"
     frame.to_csv(data, index=False)
     run, executing = run_flow("review_flow.py", workdir, data=str(data), model=str(tiny_model_dir))
-    assert executing.status == "failed"
+    assert executing.status == "failed" and executing.returncode != 0
     text = output(executing)
     assert "validation failed; nothing was trained or registered. 1 problem(s):" in text
     assert "observed: 30 of 200 rows (15.0%): blank_text 30" in text
@@ -111,6 +113,9 @@ def test_failed_validation_registers_nothing_and_keeps_the_champion(champion_wor
     card = card_components(run["validate"].task, "validation")
     assert markdown(card)[0] == "# Data validation FAILED: the flow stops here"
     assert any(c["type"] == "table" and "problem" in c["columns"] for c in card)
+    (gx_json,) = [c for c in card if c["type"] == "jsonViewer"]
+    gx_result = json.loads(gx_json["json_string"])
+    assert gx_result["success"] is False and len(gx_result["results"]) == 11
 
 
 def test_fail_on_drift_stops_the_flow_with_the_drifted_features(champion_workdir, tmp_path, tiny_model_dir):
@@ -123,7 +128,7 @@ def test_fail_on_drift_stops_the_flow_with_the_drifted_features(champion_workdir
     frame.to_csv(data, index=False)
     run, executing = run_flow("review_flow.py", workdir, data=str(data), model=str(tiny_model_dir),
                               fail_on_drift=True)
-    assert executing.status == "failed"
+    assert executing.status == "failed" and executing.returncode != 0
     text = output(executing)
     assert "data drift against the champion (version 1) in 5 feature(s), PSI >= 0.25:" in text
     assert "- label: PSI" in text and "(--fail-on-drift)" in text
