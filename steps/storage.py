@@ -8,9 +8,11 @@ setting to fix, never the secret.
 """
 from __future__ import annotations
 
+import io
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import PurePosixPath
 
 from steps.errors import ReviewflowError
 
@@ -155,3 +157,63 @@ def check_bucket(uri: str) -> None:
     location = parse_s3(uri)
     with guarded(f"s3://{location.bucket}"):
         s3_client().head_bucket(Bucket=location.bucket)
+
+
+class _StreamingRaw(io.RawIOBase):
+    """A raw, read-only byte stream over a botocore StreamingBody, so io.BufferedReader can wrap it."""
+
+    def __init__(self, body, uri: str):
+        self._body = body
+        self._uri = uri
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        with guarded(self._uri):
+            data = self._body.read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        if not self.closed:
+            self._body.close()
+        super().close()
+
+
+@dataclass(frozen=True)
+class S3Object:
+    """One object, addressed like a file: `.name` and `.suffixes` as a Path has them, str() is the URI."""
+
+    uri: str
+
+    def __str__(self) -> str:
+        return self.uri
+
+    @property
+    def _path(self) -> PurePosixPath:
+        return PurePosixPath(parse_s3(self.uri).key)
+
+    @property
+    def name(self) -> str:
+        return self._path.name
+
+    @property
+    def suffixes(self) -> list[str]:
+        return self._path.suffixes
+
+    def open_binary(self) -> io.BufferedReader:
+        """A buffered, sequential reader; the object is streamed, never loaded whole."""
+        return io.BufferedReader(_StreamingRaw(open_stream(self.uri), self.uri), buffer_size=1 << 20)
+
+    @contextmanager
+    def local_copy(self):
+        """The object downloaded to a temporary file (for formats that need random access, like Parquet)."""
+        import tempfile
+
+        location = parse_s3(self.uri)
+        with tempfile.TemporaryDirectory(prefix="reviewflow-s3-") as tmp:
+            target = os.path.join(tmp, self.name or "object")
+            with guarded(self.uri):
+                s3_client().download_file(location.bucket, location.key, target)
+            yield target

@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
+from infra.local import services
 from steps import storage
 from tests.fixtures import write_reviews_csv
 from tests.flow_runs import TINY_TRAINING, run_flow
@@ -36,10 +37,12 @@ def keys_under(server, prefix: str) -> list[str]:
 def s3_run(s3_server, tmp_path_factory, tiny_model_dir):
     prefix = f"t-{uuid.uuid4().hex[:8]}"
     workdir = tmp_path_factory.mktemp("s3-flow")
-    data = write_reviews_csv(workdir / "reviews.csv", rows=400)
+    local = write_reviews_csv(workdir / "reviews.csv", rows=400)
+    client = services.s3_client(s3_server.endpoint, s3_server.access_key, s3_server.secret_key)
+    client.upload_file(str(local), s3_server.bucket, f"{prefix}/input/reviews.csv")
     env = s3_flow_env(s3_server, prefix)
-    run, executing = run_flow("review_flow.py", workdir, env=env, data=str(data), model=str(tiny_model_dir),
-                              seed=1, **TINY_TRAINING)
+    run, executing = run_flow("review_flow.py", workdir, env=env, data=f"s3://{s3_server.bucket}/{prefix}/input/",
+                              model=str(tiny_model_dir), seed=1, **TINY_TRAINING)
     assert executing.status == "successful", executing.stderr
     return run, executing, f"sqlite:///{workdir / 'mlflow.db'}", prefix, env
 
@@ -52,6 +55,7 @@ def s3_env(s3_server, monkeypatch):
 
 def test_metaflow_artifacts_and_mlflow_model_land_in_the_bucket(s3_run, s3_server, s3_env):
     run, executing, uri, prefix, env = s3_run
+    assert run.data.ingest_summary["rows"] == 400  # read from s3://.../input/ through boto3
     metaflow_keys = keys_under(s3_server, f"{prefix}/metaflow/ReviewFlow/")
     assert any("/data/" in k for k in metaflow_keys)  # content-addressed artifacts
     mlflow_keys = keys_under(s3_server, f"{prefix}/mlflow/")
