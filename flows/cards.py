@@ -33,8 +33,8 @@ def evaluation_card(evaluation, verdict=None) -> list:
     if verdict is not None:
         parts.append(Markdown(f"**Promotion gate: {verdict.tags()['gate']}** ({'; '.join(verdict.reasons)})"))
     parts.append(Markdown("## Confusion matrix"))
-    parts.append(Table([["true negative", m["true_negatives"], m["false_positives"]],
-                        ["true positive", m["false_negatives"], m["true_positives"]]],
+    parts.append(Table([["actual negative", m["true_negatives"], m["false_positives"]],
+                        ["actual positive", m["false_negatives"], m["true_positives"]]],
                        headers=["", "predicted negative", "predicted positive"]))
     parts.append(Markdown("## Accuracy by slice"))
     parts.append(Table([[s["slice"], s["bucket"], s["rows"], f"{s['positive_share']:.2f}", _fmt(s["accuracy"])]

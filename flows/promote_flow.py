@@ -79,14 +79,18 @@ class PromoteFlow(FlowSpec):
         if self.action != "history":
             mlflow_run_id = tracking.start_flow_run(self.tracking_uri, current.flow_name, current.run_id,
                                                     flow_parameters(self))
-            if self.action == "rollback":
-                moved = promotion.rollback(mlflow_client, name, reason=self.reason, metaflow_run=pathspec,
-                                           user=current.username)
-            else:
-                moved = self.promote_version(mlflow_client, name, pathspec)
+            status = "FAILED"  # a refused move (gate failed, lock busy) ends its MLflow run as FAILED
+            try:
+                if self.action == "rollback":
+                    moved = promotion.rollback(mlflow_client, name, reason=self.reason, metaflow_run=pathspec,
+                                               user=current.username)
+                else:
+                    moved = self.promote_version(mlflow_client, name, pathspec)
+                mlflow_client.set_tag(mlflow_run_id, "champion_move", f"v{moved.from_version} -> v{moved.to_version}")
+                status = "FINISHED"
+            finally:
+                tracking.finish_flow_run(self.tracking_uri, mlflow_run_id, status)
             self.moved = moved.__dict__
-            mlflow_client.set_tag(mlflow_run_id, "champion_move", f"v{moved.from_version} -> v{moved.to_version}")
-            tracking.finish_flow_run(self.tracking_uri, mlflow_run_id)
         self.audit_trail = promotion.history(mlflow_client, name)
         self.champion = promotion.alias_version(mlflow_client, name, promotion.CHAMPION)
         current.card["audit"].extend(history_card(name, self.audit_trail, self.champion))

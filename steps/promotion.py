@@ -294,14 +294,15 @@ def history_lines(entries: list[dict]) -> list[str]:
     if not entries:
         return ["(no promotions recorded)"]
     header = f"{'#':>3}  {'time (UTC)':<23}  {'user':<16}  {'action':<8}  {'from':>4} -> {'to':<4}  " \
-             f"{'gate':<8}  {'metaflow run':<22}  reason"
+             f"{'gate':<8}  {'metaflow run':<28}  reason"
     lines = [header, "-" * len(header)]
     for e in entries:
         source = "-" if e.get("from_version") is None else f"v{e['from_version']}"
         gate = str(e.get("gate", ""))
+        gate = "forced" if "forced" in gate else gate if gate in ("passed", "failed") else "-"
         lines.append(f"{e.get('seq', ''):>3}  {str(e.get('time', ''))[:23]:<23}  {str(e.get('user', ''))[:16]:<16}  "
                      f"{e.get('action', ''):<8}  {source:>4} -> v{e.get('to_version', '?')!s:<3}  "
-                     f"{gate.split(' ')[0][:8]:<8}  {str(e.get('metaflow_run', ''))[:22]:<22}  {e.get('reason', '')}")
+                     f"{gate:<8}  {str(e.get('metaflow_run', ''))[:28]:<28}  {e.get('reason', '')}")
     return lines
 
 
