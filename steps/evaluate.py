@@ -300,8 +300,8 @@ class Evaluation:
                  f"ECE {m['ece']:.4f} ({m['rows']} reviews)"]
         if self.comparison:
             c = self.comparison
-            lines.append(f"vs champion v{c['champion_version']}: F1 {c['champion']['f1']:.4f} -> delta "
-                         f"{c['delta']['f1']:+.4f}, McNemar exact p {c['mcnemar']['p_value']:.4g}")
+            lines.append(f"Champion v{c['champion_version']} on the same rows: F1 {c['champion']['f1']:.4f} "
+                         f"(delta {c['delta']['f1']:+.4f}), McNemar exact p {c['mcnemar']['p_value']:.4g}")
         elif self.champion_error:
             lines.append(f"champion v{self.champion_version} could not be scored: {self.champion_error}")
         if verdict is not None:

@@ -1,7 +1,7 @@
 """The model lifecycle end to end with real flows (metaflow.Runner) on one MLflow store:
 
-ReviewFlow trains a good model (v1 -> champion) and a badly trained one (v2: clears the F1 floor only by
-predicting "positive" for everything, regresses against v1 -> challenger, gate=failed). PromoteFlow refuses v2,
+ReviewFlow trains a good model (v1 -> champion) and a badly trained one (v2, run with --min-f1 0 so that only
+the no-regression rule can stop it: it regresses against v1 -> challenger, gate=failed). PromoteFlow refuses v2,
 forces it (recorded), promotes v1 back through the re-checked gate, rolls back, shows the history. PredictFlow
 scores a text-only file; `mlflow models serve` answers over HTTP with the champion's predictions.
 """
@@ -25,7 +25,7 @@ from tests.flow_runs import TINY_TRAINING, flow_env, run_flow
 
 pytestmark = pytest.mark.flow
 NAME = "review-classifier"
-BAD_TRAINING = {**TINY_TRAINING, "epochs": 1, "learning_rate": 1e-6}
+BAD_TRAINING = {**TINY_TRAINING, "epochs": 1, "learning_rate": 1e-6, "min_f1": 0.0}
 NEW_REVIEWS = ["the phone is great and i love it", "terrible battery , broken and useless", "ok", ""]
 
 
@@ -61,7 +61,8 @@ def test_first_model_is_champion_and_a_worse_one_stays_challenger_with_gate_fail
     assert good.data.registration["aliases"] == ["challenger", "champion"] and good.data.registration["gate"] == "passed"
     assert good.data.champion_comparison is None  # nothing to compare with yet
 
-    # the badly trained model predicts "positive" everywhere: F1 0.75 clears the floor, but it regresses
+    # the floor (0) is cleared, so it is the regression against the champion that keeps it out
+    assert bad.data.gate_verdict["reasons"][0].endswith(">= floor 0")
     assert bad.data.registration["version"] == 2 and bad.data.registration["aliases"] == ["challenger"]
     comparison = bad.data.champion_comparison
     assert comparison["champion_version"] == 1 and comparison["delta"]["f1"] < 0
