@@ -105,14 +105,13 @@ class PromoteFlow(FlowSpec):
             run_tag = mlflow_client.get_model_version(name, str(version)).tags.get("metaflow_run", "")
             try:
                 rows = test_split_of(run_tag)
-            except Exception:
+                verdict, _ = promotion.check_gate(mlflow_client, name, version, rows["reviewText"].tolist(),
+                                                  rows["isPositive"].to_numpy(), self.min_f1, self.max_regression)
+            except Exception as err:  # a forced move goes ahead without a verdict; a gated one cannot
                 if not self.force:
                     raise
-                print(f"gate not re-checked (test split of {run_tag or 'unknown run'} not readable); forcing")
+                print(f"gate not re-checked ({type(err).__name__}: {err}); forcing without a verdict")
             else:
-                verdict, comparison = promotion.check_gate(mlflow_client, name, version, rows["reviewText"].tolist(),
-                                                           rows["isPositive"].to_numpy(), self.min_f1,
-                                                           self.max_regression)
                 print(f"gate {'passed' if verdict.passed else 'failed'} on {len(rows)} test rows of {run_tag}: "
                       + "; ".join(verdict.reasons))
         return promotion.promote(mlflow_client, name, version, reason=self.reason, metaflow_run=pathspec,
