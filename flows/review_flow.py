@@ -9,6 +9,7 @@ Each step calls the library in steps/; every step logs a nested MLflow run under
 from common import flow_parameters, ship_library, step_run
 from metaflow import FlowSpec, Parameter, card, current, resources, step
 
+from steps.gate import DEFAULT_MAX_REGRESSION, DEFAULT_MIN_F1
 from steps.models import DEFAULT_MODEL
 
 
@@ -52,10 +53,21 @@ class ReviewFlow(FlowSpec):
     seed = Parameter("seed", default=42, type=int, help="Seed for sampling, the split, and training.")
     registered_model = Parameter("registered-model", default="review-classifier",
                                  help="Name of the model in the MLflow model registry.")
+    promote = Parameter("promote", default="auto",
+                        help="auto: the new version becomes champion if it passes the gate (--min-f1, "
+                             "--max-regression); never: only register it (as challenger).")
+    min_f1 = Parameter("min-f1", default=DEFAULT_MIN_F1, type=float,
+                       help="Gate floor: the new version's test F1 must be at least this to become champion.")
+    max_regression = Parameter("max-regression", default=DEFAULT_MAX_REGRESSION, type=float,
+                               help="Gate: the new version's test F1 may be at most this much below the champion's "
+                                    "on the same test rows (0 = must not be worse).")
 
     @step
     def start(self):
-        from steps import tracking
+        from steps import gate, tracking
+
+        gate.check_promote_mode(self.promote)
+        gate.check_thresholds(self.min_f1, self.max_regression)  # fail before training, not after
 
         self.tracking_uri = tracking.resolve_tracking_uri()
         self.mlflow_run_id = tracking.start_flow_run(
@@ -160,21 +172,35 @@ class ReviewFlow(FlowSpec):
         self.train_summary, self.history = result.summary(), result.history
         self.next(self.evaluate)
 
+    @card(type="blank", id="evaluation")
     @step
     def evaluate(self):
-        from steps.evaluate import classification_metrics, predict_proba
+        from cards import evaluation_card
+        from steps.evaluate import evaluate_test_split, log_evaluation
+        from steps.gate import verdict_from_evaluation
         from steps.models import load_classifier, unpacked
+        from steps.registry import CHAMPION, alias_version
 
         with step_run(self, "evaluate") as run, unpacked(self.classifier) as model_dir:
-            self.test_probabilities = predict_proba(load_classifier(model_dir), self.tokens["test"])
-            self.test_metrics = classification_metrics(self.tokens["test"].labels, self.test_probabilities)
-            run.metrics({f"test_{k}": v for k, v in self.test_metrics.items()})
-        print("Test metrics: " + ", ".join(f"{k} {self.test_metrics[k]:.4f}" for k in ("accuracy", "f1", "roc_auc")))
+            champion = alias_version(run.client, self.registered_model, CHAMPION)
+            evaluation = evaluate_test_split(
+                load_classifier(model_dir), self.tokens["test"], self.test_rows, self.history,
+                champion_uri=None if champion is None else f"models:/{self.registered_model}/{champion}",
+                champion_version=champion)
+            verdict = verdict_from_evaluation(evaluation.metrics, champion, evaluation.comparison,
+                                              self.min_f1, self.max_regression)
+            log_evaluation(run, evaluation, verdict)
+        self.gate_verdict = verdict.as_dict()  # plain data: readable with the Metaflow client anywhere
+        self.test_probabilities, self.test_metrics = evaluation.probabilities, evaluation.metrics
+        self.test_slices, self.champion_comparison = evaluation.slices, evaluation.comparison
+        current.card["evaluation"].extend(evaluation_card(evaluation, verdict))
+        print("\n".join(evaluation.summary_lines(verdict)))
         self.next(self.register)
 
     @step
     def register(self):
         from steps.drift import store_training_profile
+        from steps.gate import GateVerdict
         from steps.models import unpacked
         from steps.registry import register
 
@@ -183,8 +209,10 @@ class ReviewFlow(FlowSpec):
                 run.client, self.registered_model, model_dir, self.max_length,
                 metaflow_run=f"{current.flow_name}/{current.run_id}",
                 tags={"data_fingerprint": self.fingerprint, "base_model": self.model,
-                      **{f"test_{k}": self.test_metrics[k] for k in ("accuracy", "f1", "roc_auc")}})
-            run.tags({"registered_model": registration.name, "registered_version": registration.version})
+                      **{f"test_{k}": self.test_metrics[k] for k in ("accuracy", "f1", "roc_auc")}},
+                verdict=GateVerdict(**self.gate_verdict), promote_mode=self.promote)
+            run.tags({"registered_model": registration.name, "registered_version": registration.version,
+                      "gate": registration.gate})
             store_training_profile(run, registration.name, registration.version, self.training_profile)
         self.registration = registration.__dict__
         self.next(self.end)

@@ -599,7 +599,7 @@ def read_file(path, options: IngestOptions | None = None):
     """Read one whole file (any supported format, encoding, delimiter) into a DataFrame with all its columns."""
     import pandas as pd
 
-    parts = list(read_chunks(Path(path), options or IngestOptions()))
+    parts = list(read_chunks(path if hasattr(path, "open_binary") else Path(path), options or IngestOptions()))
     return pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
 
 
@@ -907,3 +907,28 @@ def load_reviews(data: str, max_rows: int = 0, seed: int = 0, options: IngestOpt
         origin=origin, rejected=rejected, reads=reads, label_counts=label_counts,
         label_mapping=options.labels.describe(),
     )
+
+
+def load_texts(data: str):
+    """Reviews to score (PredictFlow): the same files, directories, samples and readers as `load_reviews`, but
+    only `reviewText` is required. A label column, when present, is checked and kept like in training."""
+    import pandas as pd
+
+    contract = load_contract()
+    text, label = contract["text_column"], contract["label_column"]
+    if data.startswith(SAMPLE_PREFIX):
+        from steps.sample_data import load_sample
+
+        named = [(data, load_sample(data[len(SAMPLE_PREFIX):]))]
+    else:
+        named = [(str(p), read_file(p)) for p in input_files(data)]
+    parts = []
+    for origin, raw in named:
+        if text not in raw.columns:
+            raise ReviewflowError(f"{origin}: missing the text column '{text}'; found columns {list(raw.columns)}. "
+                                  f"Rename the column that holds the review text to '{text}'.")
+        if label in raw.columns:
+            parts.append(canonicalize(raw, origin))
+        else:  # text-only: canonicalize with a placeholder label, then drop it
+            parts.append(canonicalize(raw.assign(**{label: pd.NA}), origin).drop(columns=[label]))
+    return pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]

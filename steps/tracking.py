@@ -143,6 +143,14 @@ class StepRun:
             subdir = str(Path(name).parent) if str(Path(name).parent) != "." else None
             self.artifact(target, subdir)
 
+    def image(self, png: bytes, name: str) -> None:
+        """PNG bytes as the artifact `name` (e.g. plots/roc_curve.png)."""
+        with tempfile.TemporaryDirectory() as tmp:
+            target = Path(tmp) / Path(name).name
+            target.write_bytes(png)
+            subdir = str(Path(name).parent) if str(Path(name).parent) != "." else None
+            self.artifact(target, subdir)
+
     def frame(self, frame, name: str) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             target = Path(tmp) / Path(name).name

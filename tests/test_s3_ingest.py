@@ -70,3 +70,11 @@ def test_undecodable_bytes_in_an_object_are_reported_with_the_line(s3_env):
         load_reviews(f"s3://{s3_env.bucket}/{key}")
     decoded = load_reviews(f"s3://{s3_env.bucket}/{key}", options=IngestOptions(encoding="latin-1"))
     assert decoded.frame["reviewText"].tolist() == ["fine", "caf\u00e9 was bad"]
+
+
+def test_texts_to_score_can_come_from_s3(uploaded):
+    from steps.ingest import load_texts
+
+    prefix, local, frame = uploaded
+    texts = load_texts(f"{prefix}/a.csv")
+    assert texts["reviewText"].tolist() == frame["reviewText"].iloc[:30].tolist()
