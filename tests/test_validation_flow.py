@@ -46,7 +46,7 @@ def output(executing) -> str:
 @pytest.fixture(scope="module")
 def champion_workdir(tmp_path_factory, tiny_model_dir):
     """A workdir whose MLflow registry already has a champion (version 1) with a training profile."""
-    from steps import registry, tracking
+    from steps import gate, registry, tracking
     from steps.drift import store_training_profile, training_profile
     from steps.models import load_classifier, load_tokenizer
     from steps.split import split_reviews
@@ -68,7 +68,8 @@ def champion_workdir(tmp_path_factory, tiny_model_dir):
         mlflow.set_registry_uri(uri)
         parent = tracking.start_flow_run(uri, "ReviewFlow", "1", {})
         with tracking.step_run(uri, parent, "register", "ReviewFlow/1/register/8") as run:
-            registration = registry.register(run.client, MODEL, str(classifier_dir), 32, "ReviewFlow/1", {})
+            registration = registry.register(run.client, MODEL, str(classifier_dir), 32, "ReviewFlow/1", {},
+                                             verdict=gate.decide(0.8))
             store_training_profile(run, MODEL, registration.version, profile)
         tracking.finish_flow_run(uri, parent)
         mlflow.set_tracking_uri(None)
