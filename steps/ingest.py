@@ -2,7 +2,8 @@
 
 Formats, by suffix: .csv, .tsv, .parquet/.pq, .jsonl/.ndjson/.json, each (except Parquet, which compresses
 inside the file) optionally compressed as .gz, .bz2 or .xz. A directory means every such file below it, in
-name order.
+name order. `s3://bucket/key` reads one object and `s3://bucket/prefix/` every such object under the prefix,
+streamed through boto3 (steps/storage.py); Parquet objects are copied to a temporary file first.
 
 Reading streams: CSV/TSV and JSON Lines are read in chunks of `CHUNK_ROWS` records and Parquet in record
 batches, keeping only the columns the contract uses, so memory grows with the canonical rows rather than
@@ -28,6 +29,7 @@ import lzma
 import operator
 import re
 import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -296,20 +298,56 @@ def list_input_files(path: Path) -> list[Path]:
     return files
 
 
-def _open_binary(path: Path, compression: str | None):
-    if compression == "gzip":
-        import gzip
+def list_s3_inputs(uri: str) -> list:
+    """The objects `--data s3://...` points at: the object itself, or every readable object under the prefix."""
+    from steps import storage
 
-        return gzip.open(path, "rb")
-    if compression == "bz2":
-        import bz2
+    objects = [storage.S3Object(u) for u in storage.list_objects(uri)]
+    if len(objects) == 1 and objects[0].uri == uri:
+        input_format(objects[0])
+        return objects
+    readable = []
+    for obj in objects:
+        try:
+            input_format(obj)
+        except ReviewflowError:
+            continue
+        readable.append(obj)
+    if not readable:
+        raise ReviewflowError(
+            f"--data {uri}: no {', '.join(sorted(FORMATS))} objects (optionally .gz/.bz2/.xz) under this prefix"
+        )
+    return readable
 
-        return bz2.open(path, "rb")
-    if compression == "xz":
-        import lzma
 
-        return lzma.open(path, "rb")
-    return open(path, "rb")
+def input_files(data: str) -> list:
+    """Local files (Path) or S3 objects (storage.S3Object) for `--data`."""
+    if data.startswith("s3://"):
+        return list_s3_inputs(data)
+    return list_input_files(Path(data).expanduser())
+
+
+@contextmanager
+def _open_binary(path, compression: str | None):
+    """A binary stream of a local file or an S3 object (streamed), decompressed on the fly."""
+    raw = path.open_binary() if hasattr(path, "open_binary") else open(path, "rb")
+    try:
+        if compression == "gzip":
+            import gzip
+
+            handle = gzip.GzipFile(fileobj=raw, mode="rb")
+        elif compression == "bz2":
+            import bz2
+
+            handle = bz2.BZ2File(raw, "rb")
+        elif compression == "xz":
+            handle = lzma.LZMAFile(raw, "rb")
+        else:
+            handle = raw
+        with handle:
+            yield handle
+    finally:
+        raw.close()
 
 
 def _read_head(path: Path, fmt: InputFormat) -> bytes:
@@ -521,6 +559,11 @@ def _jsonl_chunks(path: Path, fmt: InputFormat, options: IngestOptions, columns:
 
 def _parquet_chunks(path: Path, fmt: InputFormat, options: IngestOptions, columns: set | None, chunk_rows: int,
                     read: dict):
+    if hasattr(path, "local_copy"):  # an S3 object: Parquet needs random access, so read a temporary copy
+        with path.local_copy() as local:
+            yield from _parquet_chunks(Path(local), fmt, options, columns, chunk_rows, read)
+        read.update(file=str(path))
+        return
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -556,7 +599,7 @@ def read_file(path, options: IngestOptions | None = None):
     """Read one whole file (any supported format, encoding, delimiter) into a DataFrame with all its columns."""
     import pandas as pd
 
-    parts = list(read_chunks(Path(path), options or IngestOptions()))
+    parts = list(read_chunks(path if hasattr(path, "open_binary") else Path(path), options or IngestOptions()))
     return pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
 
 
@@ -850,7 +893,7 @@ def load_reviews(data: str, max_rows: int = 0, seed: int = 0, options: IngestOpt
         rejected = pd.DataFrame(columns=REJECTED_COLUMNS)
         reads = [{"file": data, "format": "sample", "rows": len(frame)}]
     else:
-        paths = list_input_files(Path(data).expanduser())
+        paths = input_files(data)
         frame, origin, rejected, reads, label_counts = _read_files(paths, options, chunk_rows)
         files = [str(p) for p in paths]
     rows_read = len(frame)
@@ -878,7 +921,7 @@ def load_texts(data: str):
 
         named = [(data, load_sample(data[len(SAMPLE_PREFIX):]))]
     else:
-        named = [(str(p), read_file(p)) for p in list_input_files(Path(data).expanduser())]
+        named = [(str(p), read_file(p)) for p in input_files(data)]
     parts = []
     for origin, raw in named:
         if text not in raw.columns:

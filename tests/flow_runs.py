@@ -29,14 +29,18 @@ def flow_env(workdir: Path, **extra) -> dict:
     return env
 
 
-def run_flow(flow_file: str, workdir: Path, env: dict | None = None, **params):
-    """Run a flow to completion; returns (metaflow Run, ExecutingRun) — the run may have failed."""
+def runner(flow_file: str, workdir: Path, env: dict | None = None, **top_level):
+    """A metaflow.Runner for a flow in an isolated folder; top_level are options before `run` (datastore=...)."""
     from metaflow import Runner
 
     workdir.mkdir(parents=True, exist_ok=True)
-    runner = Runner(str(FLOWS / flow_file), show_output=False, cwd=str(workdir),
-                    env={**flow_env(workdir), **(env or {})})
-    executing = runner.run(**params)
+    return Runner(str(FLOWS / flow_file), show_output=False, cwd=str(workdir),
+                  env={**flow_env(workdir), **(env or {})}, **top_level)
+
+
+def run_flow(flow_file: str, workdir: Path, env: dict | None = None, top_level: dict | None = None, **params):
+    """Run a flow to completion; returns (metaflow Run, ExecutingRun) — the run may have failed."""
+    executing = runner(flow_file, workdir, env, **(top_level or {})).run(**params)
     return executing.run, executing
 
 
