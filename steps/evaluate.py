@@ -1,5 +1,12 @@
-"""Evaluate: score the test split and compute metrics on softmax probabilities."""
+"""Evaluate: score the test split; metrics, slices, calibration and plots; compare with the champion.
+
+Everything a user sees is computed from softmax probabilities of the positive class (never logits), with
+scikit-learn / scipy. The champion is scored through its own registered pyfunc on the raw test texts, so a
+champion trained with another tokenizer or max_length is judged on exactly the same rows.
+"""
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 from steps.batching import collate, sorted_batches
 
@@ -25,7 +32,7 @@ def predict_proba(model, tokens, batch_size: int = 64, device=None):
 
 
 def classification_metrics(labels, probs, threshold: float = 0.5) -> dict:
-    """Accuracy, precision, recall, F1, ROC-AUC and log-loss (scikit-learn) for binary labels."""
+    """Accuracy, precision, recall, F1, ROC-AUC, log-loss, ECE and the confusion matrix, for binary labels."""
     import numpy as np
     from sklearn import metrics
 
@@ -42,7 +49,307 @@ def classification_metrics(labels, probs, threshold: float = 0.5) -> dict:
         "positive_share": float(labels.mean()) if len(labels) else 0.0,
     }
     out["roc_auc"] = metrics.roc_auc_score(labels, probs) if len(set(labels)) == 2 else float("nan")
+    out["ece"] = expected_calibration_error(labels, probs)
     tn, fp, fn, tp = metrics.confusion_matrix(labels, predicted, labels=[0, 1]).ravel()
     out.update({"true_negatives": int(tn), "false_positives": int(fp),
                 "false_negatives": int(fn), "true_positives": int(tp)})
     return {k: (round(float(v), 6) if isinstance(v, float) else v) for k, v in out.items()}
+
+
+# --- calibration -------------------------------------------------------------------------------------------
+CALIBRATION_BINS = 10
+
+
+def calibration_bins(labels, probs, n_bins: int = CALIBRATION_BINS) -> dict:
+    """The reliability diagram's bins, cut exactly as sklearn's calibration_curve(strategy="uniform") cuts them.
+
+    `n_bins` equal-width bins over the POSITIVE-class probability; a probability on an inner edge belongs to
+    the bin below it ([0, 0.1], (0.1, 0.2], ..., (0.9, 1]). Empty bins are left out. Returns lists, lowest bin
+    first: mean_probability (mean p in the bin), positive_rate (share of label 1), rows.
+    """
+    import numpy as np
+    from sklearn.calibration import calibration_curve
+
+    labels = np.asarray(labels).astype(int)
+    probs = np.asarray(probs, dtype=float)
+    positive_rate, mean_probability = calibration_curve(labels, probs, n_bins=n_bins, strategy="uniform")
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    rows = np.bincount(np.searchsorted(edges[1:-1], probs), minlength=n_bins)  # calibration_curve's rule
+    return {"mean_probability": mean_probability.tolist(), "positive_rate": positive_rate.tolist(),
+            "rows": rows[rows > 0].tolist()}
+
+
+def expected_calibration_error(labels, probs, n_bins: int = CALIBRATION_BINS) -> float:
+    """ECE = sum over the bins of (rows in bin / rows) * |positive rate - mean probability|; 0 is perfect.
+
+    The binary reliability-diagram ECE over the positive-class probability, on the bins of
+    `calibration_bins` (10 equal-width bins). Not the top-label variant, which bins max(p, 1 - p).
+    """
+    import numpy as np
+
+    if not len(labels):
+        return float("nan")
+    bins = calibration_bins(labels, probs, n_bins)
+    weights = np.asarray(bins["rows"], dtype=float) / len(labels)
+    gaps = np.abs(np.asarray(bins["positive_rate"]) - np.asarray(bins["mean_probability"]))
+    return float((weights * gaps).sum())
+
+
+# --- slices ------------------------------------------------------------------------------------------------
+TOKEN_LENGTH_EDGES = (16, 32, 64, 128)  # upper bounds of the length buckets, in tokens (specials included)
+
+
+def length_bucket(tokens: int, edges=TOKEN_LENGTH_EDGES) -> str:
+    """'1-16', '17-32', ... or 'over-128' for a review of `tokens` tokens."""
+    lower = 1
+    for upper in edges:
+        if tokens <= upper:
+            return f"{lower}-{upper}"
+        lower = upper + 1
+    return f"over-{edges[-1]}"
+
+
+def slice_accuracy(labels, probs, token_lengths, verified=None, threshold: float = 0.5) -> list[dict]:
+    """Accuracy per slice of the test rows: by token-length bucket and, when given, by `verified`.
+
+    One dict per non-empty slice, buckets in order: {"slice", "bucket", "rows", "positive_share", "accuracy"}.
+    """
+    import numpy as np
+    import pandas as pd
+    from sklearn.metrics import accuracy_score
+
+    labels = np.asarray(labels).astype(int)
+    predicted = (np.asarray(probs, dtype=float) >= threshold).astype(int)
+    bucket_order = [length_bucket(e) for e in TOKEN_LENGTH_EDGES] + [f"over-{TOKEN_LENGTH_EDGES[-1]}"]
+    slices = {"tokens": (np.array([length_bucket(int(n)) for n in token_lengths], dtype=object), bucket_order)}
+    if verified is not None:
+        flags = pd.Series(verified).astype("boolean")
+        if flags.notna().any():
+            names = flags.map({True: "true", False: "false"}).astype(object).fillna("unknown").to_numpy()
+            slices["verified"] = (names, ["true", "false", "unknown"])
+    out = []
+    for name, (buckets, order) in slices.items():
+        for bucket in order:
+            mask = buckets == bucket
+            if mask.any():
+                out.append({"slice": name, "bucket": bucket, "rows": int(mask.sum()),
+                            "positive_share": round(float(labels[mask].mean()), 4),
+                            "accuracy": round(float(accuracy_score(labels[mask], predicted[mask])), 6)})
+    return out
+
+
+def slice_metrics(slices: list[dict], prefix: str = "test_accuracy") -> dict:
+    """Slices as flat MLflow metric names, e.g. test_accuracy.tokens.17-32."""
+    return {f"{prefix}.{s['slice']}.{s['bucket']}": s["accuracy"] for s in slices}
+
+
+# --- champion vs challenger --------------------------------------------------------------------------------
+COMPARED = ("accuracy", "precision", "recall", "f1", "roc_auc", "log_loss", "ece")
+
+
+def mcnemar_exact(labels, challenger_predicted, champion_predicted) -> dict:
+    """McNemar's exact test on paired predictions of the same rows.
+
+    Only discordant rows carry evidence: b = challenger right and champion wrong, c = the reverse. Under "both
+    are equally accurate" b ~ Binomial(b + c, 1/2); the p-value is scipy's exact two-sided binomial test
+    (no chi-square approximation, so small b + c is fine). p = 1 when the models never disagree.
+    """
+    import numpy as np
+    from scipy.stats import binomtest
+
+    labels = np.asarray(labels).astype(int)
+    challenger_right = np.asarray(challenger_predicted).astype(int) == labels
+    champion_right = np.asarray(champion_predicted).astype(int) == labels
+    b = int((challenger_right & ~champion_right).sum())
+    c = int((~challenger_right & champion_right).sum())
+    p_value = float(binomtest(b, b + c, 0.5, alternative="two-sided").pvalue) if b + c else 1.0
+    return {"challenger_only_right": b, "champion_only_right": c, "p_value": p_value,
+            "method": "McNemar exact (two-sided binomial test on discordant pairs)"}
+
+
+def compare_with_champion(labels, challenger_probs, champion_probs, champion_version: int,
+                          threshold: float = 0.5) -> dict:
+    """Both models' metrics on the same rows, challenger - champion deltas, and McNemar's test."""
+    import numpy as np
+
+    challenger = classification_metrics(labels, challenger_probs, threshold)
+    champion = classification_metrics(labels, champion_probs, threshold)
+    return {
+        "champion_version": int(champion_version),
+        "champion": champion,
+        "delta": {k: round(challenger[k] - champion[k], 6) for k in COMPARED},
+        "mcnemar": mcnemar_exact(labels, np.asarray(challenger_probs) >= threshold,
+                                 np.asarray(champion_probs) >= threshold),
+    }
+
+
+def comparison_metrics(comparison: dict) -> dict:
+    """The comparison as flat MLflow metrics: champion_test_*, delta_test_*, mcnemar_p_value."""
+    out = {f"champion_test_{k}": comparison["champion"][k] for k in COMPARED}
+    out.update({f"delta_test_{k}": v for k, v in comparison["delta"].items()})
+    out["mcnemar_p_value"] = comparison["mcnemar"]["p_value"]
+    out["champion_version"] = comparison["champion_version"]
+    return out
+
+
+def score_registered_model(model_uri: str, texts, batch_size: int = 64):
+    """Positive-class probabilities of a registered model (its own pyfunc: its tokenizer, its max_length)."""
+    import mlflow
+    import pandas as pd
+
+    model = mlflow.pyfunc.load_model(model_uri, model_config={"batch_size": batch_size})
+    out = model.predict(pd.DataFrame({"reviewText": [str(t) for t in texts]}))
+    return out["probability_positive"].to_numpy(dtype=float)
+
+
+# --- plots -------------------------------------------------------------------------------------------------
+PLOT_SIZE = (5.5, 4.2)  # inches at 100 dpi: readable on a laptop, small as an artifact
+
+
+def _png(figure) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    return buffer.getvalue()
+
+
+def _figure():
+    from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend (renders with Agg)
+
+    figure = Figure(figsize=PLOT_SIZE)
+    return figure, figure.add_subplot()
+
+
+def evaluation_plots(labels, probs, history=None, champion_probs=None, champion_version=None) -> dict:
+    """PNG bytes by file name: confusion matrix, ROC curve, reliability diagram and, given a history, loss curves.
+
+    With `champion_probs` the ROC and reliability plots draw the champion (same test rows) beside the challenger.
+    """
+    import numpy as np
+    from sklearn.calibration import CalibrationDisplay
+    from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay
+
+    labels = np.asarray(labels).astype(int)
+    probs = np.asarray(probs, dtype=float)
+    models = [("this model", probs)]
+    if champion_probs is not None:
+        models.append((f"champion v{champion_version}", np.asarray(champion_probs, dtype=float)))
+    plots = {}
+
+    figure, ax = _figure()
+    ConfusionMatrixDisplay.from_predictions(labels, (probs >= 0.5).astype(int), labels=[0, 1],
+                                            display_labels=["negative", "positive"], ax=ax, colorbar=False,
+                                            cmap="Blues")
+    ax.set_title(f"Confusion matrix (test, {len(labels)} reviews, threshold 0.5)")
+    ax.set_xlabel("predicted label")
+    ax.set_ylabel("true label")
+    plots["confusion_matrix.png"] = _png(figure)
+
+    if len(set(labels.tolist())) == 2:
+        figure, ax = _figure()
+        for name, p in models:
+            RocCurveDisplay.from_predictions(labels, p, name=name, ax=ax)
+        ax.plot([0, 1], [0, 1], linestyle=":", color="grey", label="chance")
+        ax.set_title("ROC curve (test)")
+        ax.set_xlabel("false positive rate")
+        ax.set_ylabel("true positive rate")
+        ax.legend(loc="lower right")
+        plots["roc_curve.png"] = _png(figure)
+
+    figure, ax = _figure()
+    for name, p in models:
+        CalibrationDisplay.from_predictions(labels, p, n_bins=CALIBRATION_BINS, strategy="uniform", ax=ax,
+                                            name=f"{name} (ECE {expected_calibration_error(labels, p):.3f})")
+    ax.set_title(f"Reliability diagram (test, {CALIBRATION_BINS} equal-width bins)")
+    ax.set_xlabel("mean predicted probability of positive")
+    ax.set_ylabel("share of positive reviews")
+    ax.legend(loc="upper left")
+    plots["reliability_diagram.png"] = _png(figure)
+
+    if history:
+        figure, ax = _figure()
+        epochs = [h["epoch"] for h in history]
+        ax.plot(epochs, [h["train_loss"] for h in history], marker="o", label="training loss")
+        ax.plot(epochs, [h["val_loss"] for h in history], marker="o", label="validation loss")
+        ax.set_title("Loss per epoch")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("cross-entropy loss")
+        ax.set_xticks(epochs)
+        ax.legend()
+        plots["loss_curves.png"] = _png(figure)
+    return plots
+
+
+# --- the evaluate step -------------------------------------------------------------------------------------
+@dataclass
+class Evaluation:
+    probabilities: "object"  # np.ndarray: positive-class probability per test row, in row order
+    metrics: dict
+    slices: list[dict]
+    calibration: dict
+    champion_version: int | None = None  # the champion when evaluation started (None: there was none)
+    champion_probabilities: "object" = None
+    comparison: dict | None = None  # compare_with_champion(); None without a champion or when scoring it failed
+    champion_error: str | None = None  # why the champion could not be scored
+    plots: dict = field(default_factory=dict)  # file name -> PNG bytes
+
+    def summary_lines(self, verdict=None) -> list[str]:
+        m = self.metrics
+        lines = [f"Test metrics: accuracy {m['accuracy']:.4f}, F1 {m['f1']:.4f}, ROC-AUC {m['roc_auc']:.4f}, "
+                 f"ECE {m['ece']:.4f} ({m['rows']} reviews)"]
+        if self.comparison:
+            c = self.comparison
+            lines.append(f"Champion v{c['champion_version']} on the same rows: F1 {c['champion']['f1']:.4f} "
+                         f"(delta {c['delta']['f1']:+.4f}), McNemar exact p {c['mcnemar']['p_value']:.4g}")
+        elif self.champion_error:
+            lines.append(f"champion v{self.champion_version} could not be scored: {self.champion_error}")
+        if verdict is not None:
+            lines.append(f"Gate {verdict.tags()['gate']}: {'; '.join(verdict.reasons)}")
+        return lines
+
+    def mlflow_metrics(self) -> dict:
+        out = {f"test_{k}": v for k, v in self.metrics.items()}
+        out.update(slice_metrics(self.slices))
+        if self.comparison:
+            out.update(comparison_metrics(self.comparison))
+        return out
+
+
+def evaluate_test_split(classifier, tokens, test_rows, history=None, champion_uri: str | None = None,
+                        champion_version: int | None = None, batch_size: int = 64) -> Evaluation:
+    """Score the test split with the trained classifier and, if there is one, with the champion (its own
+    pyfunc on the raw texts of the same rows); metrics, slices, calibration, comparison and plots."""
+    probs = predict_proba(classifier, tokens, batch_size)
+    labels = tokens.labels
+    verified = test_rows["verified"] if "verified" in test_rows.columns else None
+    evaluation = Evaluation(
+        probabilities=probs,
+        metrics=classification_metrics(labels, probs),
+        slices=slice_accuracy(labels, probs, tokens.lengths, verified),
+        calibration=calibration_bins(labels, probs),
+        champion_version=champion_version,
+    )
+    if champion_uri is not None:
+        try:
+            champion_probs = score_registered_model(champion_uri, test_rows["reviewText"].tolist(), batch_size)
+        except Exception as err:  # any failure to load/score it: recorded; the gate then refuses to promote
+            evaluation.champion_error = f"{type(err).__name__}: {err}"[:1000]
+        else:
+            evaluation.champion_probabilities = champion_probs
+            evaluation.comparison = compare_with_champion(labels, probs, champion_probs, champion_version)
+    evaluation.plots = evaluation_plots(labels, probs, history, evaluation.champion_probabilities,
+                                        champion_version)
+    return evaluation
+
+
+def log_evaluation(run, evaluation: Evaluation, verdict=None) -> None:
+    """Metrics, the evaluation JSON and the plots (PNG) on the evaluate step's MLflow run; the verdict as tags."""
+    run.metrics(evaluation.mlflow_metrics())
+    run.json({"metrics": evaluation.metrics, "slices": evaluation.slices, "calibration": evaluation.calibration,
+              "champion_version": evaluation.champion_version, "champion_comparison": evaluation.comparison,
+              "champion_error": evaluation.champion_error}, "evaluation/evaluation.json")
+    for name, png in evaluation.plots.items():
+        run.image(png, f"plots/{name}")
+    if verdict is not None:
+        run.tags(verdict.tags())

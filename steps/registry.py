@@ -1,17 +1,18 @@
 """Registry: log the trained classifier as an MLflow model and register it, idempotently, with aliases.
 
 Every registered version carries the Metaflow run that made it (`metaflow_run`) and the fingerprint of the
-data it was trained on (`data_fingerprint`), and gets the alias `challenger`. The first version of a
-registered model also becomes `champion`.
+data it was trained on (`data_fingerprint`), gets the alias `challenger`, and is tagged with the promotion
+gate's verdict (`gate=passed|failed`, `gate.reasons`, the gate's inputs). With `promote_mode="auto"` a version
+that passed the gate becomes `champion` through steps.promotion (locked, verified, audited).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
 
-CHALLENGER = "challenger"
-CHAMPION = "champion"
+from steps.promotion import CHALLENGER, CHAMPION, ChampionChanged, alias_version, promote  # noqa: F401
+
 RUNTIME_PACKAGES = ("mlflow", "torch", "transformers", "tokenizers", "safetensors", "pandas", "numpy")
 INPUT_EXAMPLE = [
     "Works great, the battery lasts all day.",
@@ -26,6 +27,9 @@ class Registration:
     model_uri: str
     created: bool  # False when an earlier attempt of the same flow run had already registered it
     aliases: list[str] = field(default_factory=list)
+    gate: str = ""  # passed | failed
+    gate_reasons: list[str] = field(default_factory=list)
+    promoted: bool = False  # this registration moved `champion` (False on a retry that finds it done)
 
 
 def pip_requirements() -> list[str]:
@@ -58,15 +62,6 @@ def find_version(mlflow_client, name: str, metaflow_run: str):
     return min(found, key=lambda v: int(v.version)) if found else None
 
 
-def alias_version(mlflow_client, name: str, alias: str) -> int | None:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return int(mlflow_client.get_model_version_by_alias(name, alias).version)
-    except MlflowException:
-        return None
-
-
 MODEL_CODE = Path(__file__).resolve().parent / "classifier_model.py"
 
 
@@ -86,11 +81,24 @@ def log_classifier(model_dir: str, max_length: int):
     )
 
 
-def register(mlflow_client, name: str, model_dir: str, max_length: int, metaflow_run: str,
-             tags: dict) -> Registration:
-    """Register the classifier under `name` once per flow run, tag it, and set its aliases."""
+def _tag_verdict(mlflow_client, name: str, version: int, verdict, promote_mode: str) -> None:
+    for key, value in {**verdict.tags(), "gate.promote": promote_mode}.items():
+        mlflow_client.set_model_version_tag(name, str(version), key, value)
+
+
+def register(mlflow_client, name: str, model_dir: str, max_length: int, metaflow_run: str, tags: dict,
+             verdict, promote_mode: str = "auto") -> Registration:
+    """Register the classifier under `name` once per flow run, tag it with the gate's verdict, set aliases.
+
+    `verdict` (steps.gate.GateVerdict) was decided against the champion current at evaluation time. With
+    `promote_mode="auto"` a passed version becomes champion; if the champion moved since evaluation the
+    version stays challenger and the gate is recorded as failed for that reason. "never" only registers.
+    """
     import mlflow
 
+    from steps.gate import check_promote_mode
+
+    check_promote_mode(promote_mode)
     existing = find_version(mlflow_client, name, metaflow_run)
     if existing is not None:
         version, model_uri, created = int(existing.version), existing.source, False
@@ -100,8 +108,16 @@ def register(mlflow_client, name: str, model_dir: str, max_length: int, metaflow
         registered = mlflow.register_model(info.model_uri, name, tags=all_tags)
         version, model_uri, created = int(registered.version), info.model_uri, True
     mlflow_client.set_registered_model_alias(name, CHALLENGER, str(version))
-    aliases = [CHALLENGER]
-    if alias_version(mlflow_client, name, CHAMPION) in (None, version):
-        mlflow_client.set_registered_model_alias(name, CHAMPION, str(version))
-        aliases.append(CHAMPION)
-    return Registration(name=name, version=version, model_uri=model_uri, created=created, aliases=aliases)
+    _tag_verdict(mlflow_client, name, version, verdict, promote_mode)  # before promoting: a champion is never untagged
+    promoted = False
+    if promote_mode == "auto" and verdict.passed:
+        try:
+            move = promote(mlflow_client, name, version, verdict=verdict, action="auto", metaflow_run=metaflow_run,
+                           reason="passed the gate at registration: " + "; ".join(verdict.reasons))
+            promoted = move.changed
+        except ChampionChanged as err:
+            verdict = replace(verdict, passed=False, reasons=[*verdict.reasons, f"not promoted: {err}"])
+            _tag_verdict(mlflow_client, name, version, verdict, promote_mode)
+    aliases = [CHALLENGER] + ([CHAMPION] if alias_version(mlflow_client, name, CHAMPION) == version else [])
+    return Registration(name=name, version=version, model_uri=model_uri, created=created, aliases=aliases,
+                        gate=verdict.tags()["gate"], gate_reasons=list(verdict.reasons), promoted=promoted)

@@ -13,8 +13,10 @@ def summary_lines(test_metrics: dict, registration: dict, tracking_uri: str, mlf
         f"ROC-AUC {test_metrics['roc_auc']:.4f}   ({test_metrics['rows']} test reviews)",
         f"registered: models:/{name}/{version}  aliases: {aliases}"
         + ("" if registration.get("created", True) else "  (found from an earlier attempt; not duplicated)"),
-        f"MLflow: {tracking_uri}  run {mlflow_run_id}",
     ]
+    if registration.get("gate"):
+        lines.append(f"promotion gate: {registration['gate']} ({'; '.join(registration.get('gate_reasons', []))})")
+    lines.append(f"MLflow: {tracking_uri}  run {mlflow_run_id}")
     if tracking_uri.startswith("sqlite:"):
         lines.append(f"  browse: mlflow ui --backend-store-uri {tracking_uri}")
     lines.append(f"  load:   mlflow.pyfunc.load_model('models:/{name}@champion')")

@@ -33,18 +33,41 @@ def client(uri: str):
 
 
 def _experiment_id(mlflow_client, name: str) -> str:
+    """The experiment's id, creating it if needed.
+
+    With the embedded SQLite store, MLFLOW_DEFAULT_ARTIFACT_ROOT (the variable `mlflow server` reads too)
+    decides where a new experiment keeps its artifacts, e.g. s3://bucket/mlflow; an mlflow server decides
+    that itself.
+    """
+    from mlflow.exceptions import MlflowException
+
+    root = os.environ.get("MLFLOW_DEFAULT_ARTIFACT_ROOT")
     experiment = mlflow_client.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    try:
-        return mlflow_client.create_experiment(name)
-    except Exception:  # created concurrently by another process
-        return mlflow_client.get_experiment_by_name(name).experiment_id
+    if experiment is None:
+        location = f"{root.rstrip('/')}/{name}" if root else None
+        try:
+            return mlflow_client.create_experiment(name, artifact_location=location)
+        except MlflowException:  # created concurrently by another process
+            experiment = mlflow_client.get_experiment_by_name(name)
+    if root and not experiment.artifact_location.startswith(root.rstrip("/")):
+        from steps.errors import ReviewflowError
+
+        raise ReviewflowError(
+            f"MLflow experiment '{name}' already keeps its artifacts in {experiment.artifact_location}, but "
+            f"MLFLOW_DEFAULT_ARTIFACT_ROOT is {root}. Use another experiment (MLFLOW_EXPERIMENT_NAME) or another "
+            "tracking store for the new artifact root."
+        )
+    return experiment.experiment_id
+
+
+def experiment_name() -> str:
+    return os.environ.get("MLFLOW_EXPERIMENT_NAME") or EXPERIMENT
 
 
 def start_flow_run(uri: str, flow_name: str, run_id: str, params: dict, tags: dict | None = None,
-                   experiment: str = EXPERIMENT) -> str:
-    """Create the parent MLflow run of a flow run; returns its id."""
+                   experiment: str | None = None) -> str:
+    """Create the parent MLflow run of a flow run (experiment: MLFLOW_EXPERIMENT_NAME or 'reviewflow')."""
+    experiment = experiment or experiment_name()
     mlflow_client = client(uri)
     run = mlflow_client.create_run(
         _experiment_id(mlflow_client, experiment),
@@ -117,6 +140,14 @@ class StepRun:
         with tempfile.TemporaryDirectory() as tmp:
             target = Path(tmp) / Path(name).name
             target.write_text(text)
+            subdir = str(Path(name).parent) if str(Path(name).parent) != "." else None
+            self.artifact(target, subdir)
+
+    def image(self, png: bytes, name: str) -> None:
+        """PNG bytes as the artifact `name` (e.g. plots/roc_curve.png)."""
+        with tempfile.TemporaryDirectory() as tmp:
+            target = Path(tmp) / Path(name).name
+            target.write_bytes(png)
             subdir = str(Path(name).parent) if str(Path(name).parent) != "." else None
             self.artifact(target, subdir)
 

@@ -65,3 +65,28 @@ def tracking_uri(tmp_path, monkeypatch, use_mlflow) -> str:
     """A fresh SQLite MLflow store for one test; MLflow's default artifact root (./mlruns) lands there too."""
     monkeypatch.chdir(tmp_path)
     return use_mlflow(f"sqlite:///{tmp_path / 'mlflow.db'}")
+
+
+# No test may reach a real cloud: boto3 without an explicit endpoint would go to AWS, and without credentials
+# it would ask the EC2 metadata service. Point the default at a closed local port and switch IMDS off, so
+# such a test fails fast; tests that need S3 start a real server (s3_server) and point at it explicitly.
+os.environ["AWS_ENDPOINT_URL"] = "http://127.0.0.1:9"
+os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
+for _name in ("AWS_ENDPOINT_URL_S3", "METAFLOW_S3_ENDPOINT_URL", "MLFLOW_S3_ENDPOINT_URL", "AWS_PROFILE"):
+    os.environ.pop(_name, None)
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3 server (SeaweedFS `weed mini`) on 127.0.0.1 for the whole session, with bucket `reviewflow`."""
+    from infra.local import services
+
+    try:
+        services._which_weed()
+    except services.ServiceError as err:
+        pytest.skip(f"S3 tests need the SeaweedFS binary: {err}")
+    reader = {"name": "reader", "credentials": [{"accessKey": "readonlykey", "secretKey": "readonly-secret-xyz"}],
+              "actions": ["Read"]}
+    server = services.start_s3(tmp_path_factory.mktemp("seaweedfs"), extra_identities=[reader])
+    yield server
+    services.stop_pid(server.pid)

@@ -29,12 +29,44 @@ def flow_env(workdir: Path, **extra) -> dict:
     return env
 
 
-def run_flow(flow_file: str, workdir: Path, env: dict | None = None, **params):
-    """Run a flow to completion; returns (metaflow Run, ExecutingRun) — the run may have failed."""
+def runner(flow_file: str, workdir: Path, env: dict | None = None, **top_level):
+    """A metaflow.Runner for a flow in an isolated folder; top_level are options before `run` (datastore=...)."""
     from metaflow import Runner
 
     workdir.mkdir(parents=True, exist_ok=True)
-    runner = Runner(str(FLOWS / flow_file), show_output=False, cwd=str(workdir),
-                    env={**flow_env(workdir), **(env or {})})
-    executing = runner.run(**params)
+    return Runner(str(FLOWS / flow_file), show_output=False, cwd=str(workdir),
+                  env={**flow_env(workdir), **(env or {})}, **top_level)
+
+
+def run_flow(flow_file: str, workdir: Path, env: dict | None = None, top_level: dict | None = None, **params):
+    """Run a flow to completion; returns (metaflow Run, ExecutingRun) — the run may have failed."""
+    executing = runner(flow_file, workdir, env, **(top_level or {})).run(**params)
     return executing.run, executing
+
+
+def card_components(task, card_id: str) -> list[dict]:
+    """The components of a task's Metaflow card (its data is embedded in the HTML as base64 JSON), flattened."""
+    import base64
+    import json
+    import re
+
+    from metaflow.cards import get_cards
+
+    cards = get_cards(task, id=card_id)
+    assert len(cards) == 1, f"{task.pathspec} has {len(cards)} cards with id {card_id!r}"
+    for blob in re.findall(r'"([A-Za-z0-9+/=]{100,})"', cards[0].get()):
+        try:
+            data = json.loads(base64.b64decode(blob))
+        except ValueError:
+            continue
+        if isinstance(data, dict) and "components" in data:
+            flat = []
+
+            def walk(items):
+                for item in items:
+                    flat.append(item)
+                    walk(item.get("contents", []))
+
+            walk(data["components"])
+            return flat
+    raise AssertionError(f"no card data found in the {card_id!r} card of {task.pathspec}")

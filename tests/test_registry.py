@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from steps import registry, tracking
+from steps import gate, registry, tracking
 from steps.models import load_classifier, load_tokenizer
 
 
@@ -15,11 +15,13 @@ def classifier_dir(tiny_model_dir, tmp_path_factory):
     return str(path)
 
 
-def _register(uri, classifier_dir, metaflow_run):
+def _register(uri, classifier_dir, metaflow_run, verdict=None, promote_mode="auto"):
+    """Register as ReviewFlow's register step does; by default with a verdict for a first model with F1 0.8."""
     parent = tracking.start_flow_run(uri, "ReviewFlow", metaflow_run.split("/")[-1], {})
     with tracking.step_run(uri, parent, "register", f"{metaflow_run}/register/8") as run:
         return registry.register(run.client, "review-classifier", classifier_dir, 32, metaflow_run,
-                                 {"data_fingerprint": "abc123", "test_f1": 0.8})
+                                 {"data_fingerprint": "abc123", "test_f1": 0.8},
+                                 verdict=verdict or gate.decide(0.8), promote_mode=promote_mode)
 
 
 def test_first_version_is_tagged_champion_and_challenger_and_predicts(tracking_uri, classifier_dir):
@@ -44,8 +46,10 @@ def test_registration_is_idempotent_per_flow_run_and_champion_stays(tracking_uri
     first = _register(tracking_uri, classifier_dir, "ReviewFlow/1")
     again = _register(tracking_uri, classifier_dir, "ReviewFlow/1")  # a retried/resumed register step
     assert (again.version, again.created) == (first.version, False)
-    second = _register(tracking_uri, classifier_dir, "ReviewFlow/2")
-    assert second.version == 2 and second.aliases == ["challenger"]
+    # a second model no better than the first (0.79 < 0.8): registered, not promoted
+    second = _register(tracking_uri, classifier_dir, "ReviewFlow/2", gate.decide(0.79, champion_f1=0.8,
+                                                                                 champion_version=1))
+    assert second.version == 2 and second.aliases == ["challenger"] and second.gate == "failed"
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     assert len(client.search_model_versions("name = 'review-classifier'")) == 2
     assert int(client.get_model_version_by_alias("review-classifier", "champion").version) == 1

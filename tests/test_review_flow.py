@@ -1,10 +1,13 @@
 """The whole ReviewFlow, run for real with metaflow.Runner on a tiny DistilBERT and a small CSV."""
+import json
+from pathlib import Path
+
 import mlflow
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from tests.flow_runs import TINY_TRAINING, run_flow
+from tests.flow_runs import TINY_TRAINING, card_components, run_flow
 
 pytestmark = pytest.mark.flow
 STEPS = ["ingest", "validate", "split", "tokenize", "train", "evaluate", "register"]
@@ -66,3 +69,21 @@ def test_flow_artifacts_show_what_happened(finished):
     assert run.data.test_metrics["accuracy"] >= 0.85  # the synthetic sentiment words are easy to learn
     assert run.data.registration["version"] == 1
     assert "test accuracy" in executing.stdout and "models:/review-classifier/1" in executing.stdout
+
+
+def test_validate_step_reports_and_the_version_keeps_its_training_profile(finished, tmp_path):
+    run, executing, uri = finished
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    profile_uri = client.get_model_version("review-classifier", "1").tags["training_profile"]
+    run_id, _, path = profile_uri.removeprefix("runs:/").partition("/")
+    profile = json.loads(Path(client.download_artifacts(run_id, path, str(tmp_path))).read_text())
+    assert profile == run.data.training_profile and profile["rows"] == len(run.data.train_rows)
+    assert run.data.drift["status"] == "no_champion" and "Drift check skipped" in executing.stdout
+    experiment = client.get_experiment_by_name("reviewflow")
+    (validate,) = [r for r in client.search_runs([experiment.experiment_id]) if r.info.run_name == "validate"]
+    assert validate.data.tags["validation"] == "passed" and validate.data.tags["drift_status"] == "no_champion"
+    assert validate.data.metrics["rows_clean"] == 400 and validate.data.metrics["rows_quarantined"] == 0
+    docs = {a.path for a in client.list_artifacts(validate.info.run_id, "validation/data_docs")}
+    assert "validation/data_docs/index.html" in docs
+    card = [c["source"].strip() for c in card_components(run["validate"].task, "validation") if c["type"] == "markdown"]
+    assert card[0] == "# Data validation passed" and any("has no champion yet" in line for line in card)

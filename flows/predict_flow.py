@@ -1,0 +1,71 @@
+"""PredictFlow: batch-score a file of reviews with a registered model (by default the champion).
+
+    python flows/predict_flow.py run --data reviews.csv --output preds.csv
+    python flows/predict_flow.py run --data new/ --output preds.parquet --model-uri models:/review-classifier/3
+
+start (read, pin the model version) -> predict (score in batches; GPU when present) -> end (write the file).
+The input is read like ReviewFlow's --data, but only `reviewText` is required. Each output row carries the
+input columns plus label (1 = positive), probability_positive (softmax) and model_name / model_version.
+"""
+from common import flow_parameters, ship_library
+from metaflow import FlowSpec, Parameter, current, resources, step
+
+
+@ship_library
+class PredictFlow(FlowSpec):
+    data = Parameter("data", required=True,
+                     help="Reviews to score: a CSV/TSV/Parquet/JSONL file, a directory of them, or sample:amazon. "
+                          "Needs a reviewText column; isPositive is optional (then accuracy is reported).")
+    output = Parameter("output", default="predictions.csv",
+                       help="Where to write the scored rows: .csv, .parquet or .jsonl (relative to the current "
+                            "directory).")
+    model_uri = Parameter("model-uri", default="models:/review-classifier@champion",
+                          help="Model to score with: models:/<name>@<alias>, models:/<name>/<version>, or any "
+                               "MLflow model URI. Aliases are pinned to a version before scoring.")
+    batch_size = Parameter("batch-size", default=64, type=int, help="Reviews per forward pass.")
+
+    @step
+    def start(self):
+        from steps import tracking
+        from steps.ingest import load_texts
+        from steps.predict import check_output, resolve_model_uri
+
+        check_output(self.output)
+        self.tracking_uri = tracking.resolve_tracking_uri()
+        self.model = resolve_model_uri(tracking.client(self.tracking_uri), self.model_uri).__dict__
+        self.reviews = load_texts(self.data)
+        self.mlflow_run_id = tracking.start_flow_run(
+            self.tracking_uri, current.flow_name, current.run_id, flow_parameters(self),
+            tags={"model_uri": self.model["uri"]})
+        print(f"Scoring {len(self.reviews)} reviews from {self.data} with {self.model['uri']} "
+              f"(asked for {self.model_uri}).")
+        self.next(self.predict)
+
+    @resources(gpu=1, cpu=4, memory=16000)
+    @step
+    def predict(self):
+        from steps import tracking
+        from steps.predict import ResolvedModel, load_model, predict_frame, prediction_summary
+
+        resolved = ResolvedModel(**self.model)
+        tracking.client(self.tracking_uri)  # points MLflow (registry included) at the flow's store
+        self.predictions = predict_frame(load_model(resolved, self.batch_size), self.reviews, resolved)
+        self.summary = prediction_summary(self.predictions)
+        self.next(self.end)
+
+    @step
+    def end(self):
+        from steps import tracking
+        from steps.predict import write_predictions
+
+        path = write_predictions(self.predictions, self.output)
+        run = tracking.StepRun(tracking.client(self.tracking_uri), self.mlflow_run_id)
+        run.params({"resolved_model_uri": self.model["uri"], "output_path": path})
+        run.metrics(self.summary)
+        run.flush()
+        tracking.finish_flow_run(self.tracking_uri, self.mlflow_run_id)
+        print(f"Wrote {len(self.predictions)} rows to {path}: " + ", ".join(f"{k} {v}" for k, v in self.summary.items()))
+
+
+if __name__ == "__main__":
+    PredictFlow()
