@@ -7,14 +7,22 @@ start -> ingest -> validate -> split -> tokenize -> train -> evaluate -> registe
 Each step calls the library in steps/; every step logs a nested MLflow run under the flow run's run.
 """
 from common import flow_parameters, ship_library, step_run
-from metaflow import FlowSpec, Parameter, card, current, resources, step
+from metaflow import (Config, FlowSpec, Parameter, card, config_expr, current, project, resources, schedule, step,
+                      trigger)
 
 from steps.gate import DEFAULT_MAX_REGRESSION, DEFAULT_MIN_F1
 from steps.models import DEFAULT_MODEL
 
 
 @ship_library
+@project(name=config_expr("deploy.project"))
+@schedule(cron=config_expr("deploy.schedule"))  # used once deployed (Argo Workflows / Step Functions)
+@trigger(event=config_expr("deploy.event"))  # retrain when new reviews land (Argo Events)
 class ReviewFlow(FlowSpec):
+    deploy = Config("deploy", default_value={"project": "reviewflow", "schedule": "17 3 * * *",
+                                             "event": "reviews_landed"},
+                    help="Deployment settings: project name, cron schedule, trigger event. Override with "
+                         "--config deploy FILE.json or --config-value deploy '{...}'.")
     data = Parameter("data", default="sample:amazon",
                      help="Reviews to train on: a CSV/TSV/Parquet/JSONL file, a directory of them, or sample:amazon "
                           "(real Amazon review sentences, fetched once into the user cache).")
@@ -53,6 +61,9 @@ class ReviewFlow(FlowSpec):
     seed = Parameter("seed", default=42, type=int, help="Seed for sampling, the split, and training.")
     registered_model = Parameter("registered-model", default="review-classifier",
                                  help="Name of the model in the MLflow model registry.")
+    force_retrain = Parameter("force-retrain", default=False, type=bool,
+                              help="Train even when the data, model and training settings equal the champion's "
+                                   "(otherwise such a run ends after validation).")
     promote = Parameter("promote", default="auto",
                         help="auto: the new version becomes champion if it passes the gate (--min-f1, "
                              "--max-regression); never: only register it (as challenger).")
@@ -100,6 +111,7 @@ class ReviewFlow(FlowSpec):
     @card(type="blank", id="validation")
     @step
     def validate(self):
+        from steps import retrain
         from steps.drift import require_no_drift
         from steps.validate import require_valid, run_data_checks
         from validation_card import validation_card
@@ -112,10 +124,14 @@ class ReviewFlow(FlowSpec):
             require_valid(report, self.data)
             print(drift.describe())
             require_no_drift(drift, self.fail_on_drift)
+            self.training_inputs = retrain.training_inputs(self.fingerprint, flow_parameters(self))
+            decision = retrain.decide(run.client, self.registered_model, self.training_inputs, self.force_retrain)
+            run.tags({"retrain": decision.route, "retrain_reason": decision.reason})
         self.clean, self.quarantine, self.validation = report.clean, report.quarantine, report.metrics()
-        self.drift = drift.as_dict()
-        print(f"Validation passed: {len(self.clean)} clean rows, {report.quarantined} quarantined.")
-        self.next(self.split)
+        self.drift, self.retrain_reason, self.route = drift.as_dict(), decision.reason, decision.route
+        print(f"Validation passed: {len(self.clean)} clean rows, {report.quarantined} quarantined.\n"
+              f"{'Training' if decision.retrain else 'Not training'}: {decision.reason}")
+        self.next({"train": self.split, "unchanged": self.end}, condition="route")
 
     @step
     def split(self):
@@ -201,6 +217,7 @@ class ReviewFlow(FlowSpec):
     def register(self):
         from steps.drift import store_training_profile
         from steps.gate import GateVerdict
+        from steps.retrain import version_tags
         from steps.models import unpacked
         from steps.registry import register
 
@@ -209,6 +226,7 @@ class ReviewFlow(FlowSpec):
                 run.client, self.registered_model, model_dir, self.max_length,
                 metaflow_run=f"{current.flow_name}/{current.run_id}",
                 tags={"data_fingerprint": self.fingerprint, "base_model": self.model,
+                      **version_tags(self.training_inputs),
                       **{f"test_{k}": self.test_metrics[k] for k in ("accuracy", "f1", "roc_auc")}},
                 verdict=GateVerdict(**self.gate_verdict), promote_mode=self.promote)
             run.tags({"registered_model": registration.name, "registered_version": registration.version,
@@ -219,13 +237,16 @@ class ReviewFlow(FlowSpec):
 
     @step
     def end(self):
-        from steps.report import summary_lines
+        from steps.report import summary_lines, unchanged_lines
         from steps.tracking import finish_flow_run
 
-        finish_flow_run(self.tracking_uri, self.mlflow_run_id)
-        print("\n".join(summary_lines(
-            self.test_metrics, self.registration, self.tracking_uri, self.mlflow_run_id,
-            f"{current.flow_name}/{current.run_id}")))
+        run = f"{current.flow_name}/{current.run_id}"
+        finish_flow_run(self.tracking_uri, self.mlflow_run_id, outcome=self.route)
+        if self.route == "unchanged":
+            print("\n".join(unchanged_lines(self.retrain_reason, self.tracking_uri, self.mlflow_run_id, run)))
+        else:
+            print("\n".join(summary_lines(self.test_metrics, self.registration, self.tracking_uri,
+                                          self.mlflow_run_id, run)))
 
 
 if __name__ == "__main__":

@@ -45,6 +45,28 @@ def resolve(model: str) -> str:
     return model
 
 
+def identity(model: str) -> str:
+    """A stable name for the weights `model` stands for, to tell whether two runs started from the same ones.
+
+    Hub ids and the packaged default are their own identity; a local directory is identified by the hash of
+    its config and the names and sizes of its files (the same checkpoint copied elsewhere is the same model).
+    """
+    import hashlib
+
+    if model in PACKAGED_ALIASES:
+        return DEFAULT_MODEL
+    path = Path(model).expanduser()
+    if not path.is_dir():
+        return model
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        relative = file.relative_to(path).as_posix()
+        digest.update(f"{relative}:{file.stat().st_size}\n".encode())
+        if file.name == "config.json":
+            digest.update(file.read_bytes())
+    return f"local:{digest.hexdigest()[:16]}"
+
+
 def _from_pretrained(loader, model: str, **kwargs):
     source = resolve(model)
     try:

@@ -21,3 +21,13 @@ def summary_lines(test_metrics: dict, registration: dict, tracking_uri: str, mlf
         lines.append(f"  browse: mlflow ui --backend-store-uri {tracking_uri}")
     lines.append(f"  load:   mlflow.pyfunc.load_model('models:/{name}@champion')")
     return lines
+
+
+def unchanged_lines(reason: str, tracking_uri: str, mlflow_run_id: str, metaflow_run: str) -> list[str]:
+    """The summary of a run that ended after validation because nothing changed."""
+    return [
+        "",
+        f"=== {metaflow_run} finished: nothing to retrain ===",
+        reason,
+        f"MLflow: {tracking_uri}  run {mlflow_run_id} (tag outcome=unchanged)",
+    ]

@@ -84,8 +84,11 @@ def start_flow_run(uri: str, flow_name: str, run_id: str, params: dict, tags: di
     return run.info.run_id
 
 
-def finish_flow_run(uri: str, parent_run_id: str, status: str = "FINISHED") -> None:
-    client(uri).set_terminated(parent_run_id, status)
+def finish_flow_run(uri: str, parent_run_id: str, status: str = "FINISHED", outcome: str | None = None) -> None:
+    mlflow_client = client(uri)
+    if outcome:
+        mlflow_client.set_tag(parent_run_id, "outcome", outcome)
+    mlflow_client.set_terminated(parent_run_id, status)
 
 
 def log_params(mlflow_client, run_id: str, params: dict) -> None:

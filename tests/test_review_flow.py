@@ -87,3 +87,21 @@ def test_validate_step_reports_and_the_version_keeps_its_training_profile(finish
     assert "validation/data_docs/index.html" in docs
     card = [c["source"].strip() for c in card_components(run["validate"].task, "validation") if c["type"] == "markdown"]
     assert card[0] == "# Data validation passed" and any("has no champion yet" in line for line in card)
+
+
+def test_a_rerun_on_unchanged_data_and_settings_ends_after_validation(finished, tiny_model_dir):
+    """Skip-if-unchanged: same data, model and training settings as the champion -> no training, no version."""
+    run, executing, uri = finished
+    workdir = Path(uri.removeprefix("sqlite:///")).parent
+    again, rerun = run_flow("review_flow.py", workdir, data=str(workdir / "reviews.csv"), model=str(tiny_model_dir),
+                            seed=1, **TINY_TRAINING)
+    assert rerun.status == "successful", rerun.stderr
+    assert [step.id for step in again] == ["end", "validate", "ingest", "start"]  # split..register never ran
+    assert again.data.route == "unchanged" and "nothing to train" in again.data.retrain_reason
+    assert f"champion v1 ({run.pathspec})" in again.data.retrain_reason
+    assert "nothing to retrain" in rerun.stdout
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    assert len(client.search_model_versions("name = 'review-classifier'")) == 1
+    parent = client.search_runs([client.get_experiment_by_name("reviewflow").experiment_id],
+                                filter_string=f"tags.metaflow_run = '{again.pathspec}'")[0]
+    assert parent.info.status == "FINISHED" and parent.data.tags["outcome"] == "unchanged"

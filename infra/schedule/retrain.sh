@@ -19,7 +19,7 @@ mkdir -p "$(dirname "$log")"
 export USERNAME="${USERNAME:-${USER:-reviewflow}}"
 export MLFLOW_DISABLE_TELEMETRY="${MLFLOW_DISABLE_TELEMETRY:-true}"
 
-exec 9>"$repo/logs/.retrain.lock"
+exec 9>"$(dirname "$log")/.retrain.lock"  # one run at a time per log file
 if ! flock -n 9; then
   echo "$(date -u +%FT%TZ) retrain: previous run still in progress; skipping" >>"$log"
   exit 0

@@ -1,0 +1,127 @@
+"""Deployment on paper, compiled here: Argo Workflows template from the real flow, schedule files, k8s manifests."""
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.flow_runs import FLOWS, ROOT
+
+pytestmark = pytest.mark.flow
+K8S = ROOT / "infra" / "k8s"
+SCHEDULE = ROOT / "infra" / "schedule"
+
+
+def _json_objects(text: str) -> list[dict]:
+    decoder, objects, at = json.JSONDecoder(), [], text.find("{")
+    while at != -1:
+        obj, length = decoder.raw_decode(text[at:])
+        objects.append(obj)
+        at = text.find("{", at + length)
+    return objects
+
+
+@pytest.fixture(scope="module")
+def argo_template(s3_server, tmp_path_factory):
+    """`argo-workflows create --only-json` with infra/k8s/metaflow-config.json; only the S3 endpoint and the
+    metadata provider are pointed at this machine (the code package is uploaded to the local S3 server)."""
+    home = tmp_path_factory.mktemp("metaflow-home")
+    shutil.copy(K8S / "metaflow-config.json", home / "config_k8s.json")
+    env = {**os.environ, **s3_server.env(), "METAFLOW_HOME": str(home), "METAFLOW_PROFILE": "k8s",
+           "METAFLOW_DATASTORE_SYSROOT_S3": f"s3://{s3_server.bucket}/deploy-test",
+           "METAFLOW_DEFAULT_METADATA": "local", "USERNAME": "ci"}
+    cmd = [sys.executable, str(FLOWS / "review_flow.py"), "--with", "kubernetes", "argo-workflows", "create",
+           "--only-json"]
+    proc = subprocess.run(cmd, cwd=tmp_path_factory.mktemp("deploy"), env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (template,) = [o for o in _json_objects(proc.stdout) if o.get("kind") == "WorkflowTemplate"]
+    return template
+
+
+def test_argo_template_has_the_schedule_gpu_image_and_event_trigger(argo_template):
+    annotations = argo_template["metadata"]["annotations"]
+    assert json.loads(annotations["metaflow/cron"])["schedule"] == "17 3 * * *"
+    assert json.loads(annotations["metaflow/triggers"]) == [{"name": "reviews_landed", "type": "event"}]
+    assert annotations["metaflow/project_name"] == "reviewflow"
+    assert argo_template["metadata"]["namespace"] == "reviewflow"
+    containers = {t["name"]: t["container"] for t in argo_template["spec"]["templates"] if t.get("container")}
+    steps = ["start", "ingest", "validate", "split", "tokenize", "train", "evaluate", "register", "end"]
+    assert set(steps) <= set(containers)
+    assert containers["train"]["resources"]["limits"] == {"nvidia.com/gpu": "1"}
+    assert all("nvidia.com/gpu" not in containers[s]["resources"]["limits"] for s in steps if s != "train")
+    assert all(containers[s]["image"] == "reviewflow/train:2026.11" for s in steps)
+    assert json.loads(annotations["metaflow/dag"])["graph_structure"][0] == "start"
+
+
+def test_k8s_manifests_parse_and_wire_mlflow_to_postgres_and_s3():
+    docs = [d for f in ("mlflow.yaml", "secrets.example.yaml") for d in yaml.safe_load_all((K8S / f).read_text())]
+    kinds = sorted((d["kind"], d["metadata"]["name"]) for d in docs)
+    assert kinds == [("Deployment", "mlflow"), ("Secret", "mlflow-db"), ("Secret", "reviewflow-env"),
+                     ("Service", "mlflow"), ("Service", "mlflow-db"), ("StatefulSet", "mlflow-db")]
+    (server,) = [d for d in docs if d["kind"] == "Deployment"]
+    args = " ".join(server["spec"]["template"]["spec"]["containers"][0]["args"])
+    assert "postgresql+psycopg2://" in args and "--artifacts-destination s3://reviewflow-artifacts/mlflow" in args
+    config = json.loads((K8S / "metaflow-config.json").read_text())
+    assert config["METAFLOW_DEFAULT_DATASTORE"] == "s3" and config["METAFLOW_KUBERNETES_SECRETS"] == "reviewflow-env"
+
+
+def _readme_run_command() -> str:
+    readme = (ROOT / "README.md").read_text()
+    return re.search(r"pip install -r requirements\.txt && (python flows/review_flow\.py run)", readme).group(1)
+
+
+def test_cron_entry_and_systemd_units_run_the_readme_command():
+    from croniter import croniter
+
+    command = _readme_run_command()
+    wrapper = (SCHEDULE / "retrain.sh").read_text()
+    assert '"$python" flows/review_flow.py run' in wrapper and command == "python flows/review_flow.py run"
+    entries = [line for line in (SCHEDULE / "reviewflow-retrain.cron").read_text().splitlines()
+               if line.strip() and not line.startswith("#")]
+    assert len(entries) == 1
+    fields = entries[0].split(None, 5)
+    assert croniter.is_valid(" ".join(fields[:5])) and fields[5] == "@REPO@/infra/schedule/retrain.sh"
+    timer = (SCHEDULE / "reviewflow-retrain.timer").read_text()
+    service = (SCHEDULE / "reviewflow-retrain.service").read_text()
+    assert "ExecStart=@REPO@/infra/schedule/retrain.sh" in service
+    assert " ".join(fields[:2][::-1]) == "3 17" and "OnCalendar=*-*-* 03:17:00" in timer  # same time of day
+
+
+def test_systemd_units_verify(tmp_path):
+    analyze = shutil.which("systemd-analyze")
+    if not analyze:
+        pytest.skip("systemd-analyze is not installed on this machine")
+    for unit in ("reviewflow-retrain.service", "reviewflow-retrain.timer"):
+        (tmp_path / unit).write_text((SCHEDULE / unit).read_text().replace("@REPO@", str(ROOT)))
+    proc = subprocess.run([analyze, "verify", str(tmp_path / "reviewflow-retrain.timer"),
+                           str(tmp_path / "reviewflow-retrain.service")], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    calendar = subprocess.run([analyze, "calendar", "*-*-* 03:17:00"], capture_output=True, text=True)
+    assert "Normalized form: *-*-* 03:17:00" in calendar.stdout
+
+
+def test_retrain_wrapper_logs_and_refuses_to_overlap(tmp_path):
+    """Run the wrapper with a stand-in python that records its arguments; a held lock makes it skip."""
+    fake = tmp_path / "python"
+    fake.write_text("#!/usr/bin/env bash\necho \"ran: $*\"\n")
+    fake.chmod(0o755)
+    log = tmp_path / "retrain.log"
+    env = {**os.environ, "REVIEWFLOW_PYTHON": str(fake), "REVIEWFLOW_LOG": str(log),
+           "REVIEWFLOW_RUN_ARGS": "--max-rows 100"}
+    done = subprocess.run([str(SCHEDULE / "retrain.sh")], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    text = log.read_text()
+    assert "ran: flows/review_flow.py run --max-rows 100" in text and "finished with exit code 0" in text
+    lock = tmp_path / ".retrain.lock"  # beside the log
+    with open(lock, "w") as held:
+        import fcntl
+
+        fcntl.flock(held, fcntl.LOCK_EX)
+        skipped = subprocess.run([str(SCHEDULE / "retrain.sh")], env=env, capture_output=True, text=True)
+    assert skipped.returncode == 0 and "previous run still in progress; skipping" in log.read_text()
