@@ -60,7 +60,7 @@ def train_config(flow):
     return TrainConfig(epochs=flow.epochs, batch_size=flow.batch_size, grad_accum=flow.grad_accum,
                        learning_rate=flow.learning_rate, warmup_ratio=flow.warmup_ratio, patience=flow.patience,
                        freeze_encoder=flow.freeze_encoder, class_weights=flow.class_weights,
-                       compile=flow.compile, seed=flow.seed)
+                       compile=flow.compile, precision=flow.precision, seed=flow.seed)
 
 
 CHECKPOINTS_FOLDER = "reviewflow-checkpoints"

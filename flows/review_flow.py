@@ -39,6 +39,9 @@ class ReviewFlow(FlowSpec):
                               help="none, or auto: weight the loss by inverse class frequency (for imbalanced data).")
     compile = Parameter("compile", default=False, type=bool, is_flag=True,
                         help="Compile the model with torch.compile (faster steps on GPU after a compile pause).")
+    precision = Parameter("precision", default="auto",
+                          help="auto (bf16 autocast on GPU, fp16 where bf16 is missing; fp32 on CPU), fp32, bf16 "
+                               "(also on CPUs with native bf16, e.g. AVX512-BF16/AMX), or fp16 (GPU).")
     max_length = Parameter("max-length", default=128, type=int, help="Truncate reviews to this many tokens.")
     seed = Parameter("seed", default=42, type=int, help="Seed for sampling, the split, and training.")
     registered_model = Parameter("registered-model", default="review-classifier",

@@ -2,7 +2,7 @@
 
 The engine: length-bucketed batches with dynamic padding; AdamW (fused) with linear warmup and decay;
 gradient clipping and accumulation; bf16 autocast on CUDA (fp16 with a grad scaler where bf16 is missing),
-fp32 on CPU; SDPA attention where the model has it; optional torch.compile; per-epoch validation with early
+fp32 on CPU unless bf16 is asked for; SDPA attention where the model has it; optional torch.compile; per-epoch validation with early
 stopping and the best epoch's weights restored at the end; `--freeze-encoder`; inverse-frequency class
 weights. The same code runs on CPU and CUDA.
 
@@ -27,6 +27,7 @@ from steps.errors import ReviewflowError
 
 CHECKPOINT_FORMAT = 1
 CLASS_WEIGHT_MODES = ("none", "auto")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 @dataclass
@@ -43,6 +44,7 @@ class TrainConfig:
     freeze_encoder: bool = False
     class_weights: str = "none"  # "none" or "auto" (inverse class frequency)
     compile: bool = False
+    precision: str = "auto"  # auto: bf16 autocast on CUDA (fp16 where bf16 is missing), fp32 on CPU
     device: str = "auto"  # "auto" = CUDA when present, else CPU
 
     @property
@@ -61,6 +63,8 @@ class TrainConfig:
             (self.max_grad_norm > 0, f"max_grad_norm must be positive, got {self.max_grad_norm}"),
             (self.class_weights in CLASS_WEIGHT_MODES,
              f"--class-weights must be one of {', '.join(CLASS_WEIGHT_MODES)}, got {self.class_weights!r}"),
+            (self.precision in PRECISIONS,
+             f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -127,12 +131,18 @@ def pick_device(requested: str = "auto"):
     return torch.device(requested)
 
 
-def autocast_dtype(device):
-    """bf16 on CUDA where supported, else fp16; None (fp32) on CPU."""
+def autocast_dtype(device, precision: str = "auto"):
+    """The autocast dtype, None for fp32. auto: bf16 on CUDA where supported, else fp16; fp32 on CPU."""
     import torch
 
-    if device.type != "cuda":
+    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
         return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "fp16":
+        if device.type != "cuda":
+            raise ReviewflowError("--precision fp16 needs a CUDA GPU; on CPU use fp32 or bf16")
+        return torch.float16
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
@@ -299,7 +309,7 @@ class _Training:
         self.on_step, self.log, self.checkpoints = on_step, log, checkpoints
         self.after_epoch, self.before_micro_batch, self.interactive = after_epoch, before_micro_batch, interactive
         self.device = pick_device(config.device)
-        self.dtype = autocast_dtype(self.device)
+        self.dtype = autocast_dtype(self.device, config.precision)
         self.scaler = torch.amp.GradScaler("cuda") if self.dtype == torch.float16 else None
         precision = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
         self.result = TrainResult(device=str(self.device), precision=precision)

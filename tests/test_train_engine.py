@@ -283,6 +283,16 @@ def test_bad_settings_are_user_errors():
     for config, flag in [(TrainConfig(epochs=0), "--epochs"), (TrainConfig(batch_size=0), "--batch-size"),
                          (TrainConfig(grad_accum=0), "--grad-accum"), (TrainConfig(patience=-1), "--patience"),
                          (TrainConfig(warmup_ratio=1.0), "--warmup-ratio"),
-                         (TrainConfig(class_weights="balanced"), "--class-weights")]:
+                         (TrainConfig(class_weights="balanced"), "--class-weights"),
+                         (TrainConfig(precision="fp8"), "--precision")]:
         with pytest.raises(ReviewflowError, match=flag):
             config.validate()
+
+
+def test_bf16_autocast_on_cpu_when_asked(tiny_model_dir, tiny_tokens):
+    result = train_classifier(fresh_model(tiny_model_dir), tiny_tokens["train"], tiny_tokens["validation"],
+                              TrainConfig(epochs=1, batch_size=16, seed=0, precision="bf16"), log=quiet)
+    assert result.precision == "bf16" and np.isfinite(result.history[0]["val_loss"])
+    with pytest.raises(ReviewflowError, match="fp16 needs a CUDA GPU"):
+        train_classifier(fresh_model(tiny_model_dir), tiny_tokens["train"], None,
+                         TrainConfig(epochs=1, precision="fp16", device="cpu"), log=quiet)

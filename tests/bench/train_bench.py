@@ -55,6 +55,7 @@ def parse_args(argv=None):
                         help="intra-op threads for every contender (default: $OMP_NUM_THREADS or 2)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--compile", action="store_true", help="reviewflow with --compile (and Trainer torch_compile)")
+    parser.add_argument("--precision", default="auto", help="reviewflow's --precision (auto: fp32 on CPU, bf16 on CUDA)")
     parser.add_argument("--contenders", default=",".join(CONTENDERS))
     parser.add_argument("--rows", type=int, default=0, help="use only the first N rows (quick checks)")
     parser.add_argument("--seed", type=int, default=0)
@@ -171,7 +172,7 @@ def run_reviewflow(model, tokenizer, train, args):
 
     tokens = encode(train["reviewText"].tolist(), train["isPositive"].to_numpy(), tokenizer, args.max_length)
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr, seed=args.seed,
-                         device=args.device, compile=args.compile)
+                         device=args.device, compile=args.compile, precision=args.precision)
     started = time.perf_counter()
     result = train_classifier(model, tokens, None, config, log=lambda m: print(m, file=sys.stderr),
                               interactive=False)
