@@ -366,9 +366,9 @@ class _Training:
         return math.ceil(self.config.effective_batch / self.micro)
 
     def signature(self) -> dict:
-        shapes = ";".join(f"{k}:{tuple(v.shape)}" for k, v in self.model.state_dict().items())
         import hashlib
 
+        shapes = ";".join(f"{k}:{tuple(v.shape)}" for k, v in self.model.state_dict().items())
         return {**self.config.trajectory(), "train_rows": len(self.train), "train_data": _fingerprint(self.train),
                 "model": hashlib.sha256(shapes.encode()).hexdigest()[:16], "format": CHECKPOINT_FORMAT}
 
