@@ -51,10 +51,10 @@ class ReviewFlow(FlowSpec):
     def start(self):
         from steps import tracking
 
+        train_config(self).validate()  # bad training settings fail here, not after an hour of preprocessing
         self.tracking_uri = tracking.resolve_tracking_uri()
         self.mlflow_run_id = tracking.start_flow_run(
             self.tracking_uri, current.flow_name, current.run_id, flow_parameters(self))
-        train_config(self).validate()  # bad training settings fail here, not after an hour of preprocessing
         rows = "all rows" if not self.max_rows else f"{self.max_rows} rows"
         print(f"Plan: fine-tune {self.model} on {rows} of {self.data} for {self.epochs} epoch(s), "
               f"batch {self.batch_size}, lr {self.learning_rate}, max_length {self.max_length}, seed {self.seed}.\n"
