@@ -397,8 +397,15 @@ class _Training:
         }
 
     def save_checkpoint(self) -> None:
+        """Save the state; a failed save (storage down, disk full) is logged and training goes on."""
         started = time.perf_counter()
-        self.checkpoints.save(self.state())
+        try:
+            self.checkpoints.save(self.state())
+        except Exception as err:  # noqa: BLE001 - a checkpoint is insurance; losing one must not stop training
+            self.log(f"could not save the checkpoint of epoch {self.epoch} to {self.checkpoints.location} "
+                     f"({type(err).__name__}: {err}); training goes on, a restart now would begin from the "
+                     "previous checkpoint")
+            return
         self.log(f"checkpoint of epoch {self.epoch} saved to {self.checkpoints.location} "
                  f"({time.perf_counter() - started:.1f} s)")
 

@@ -239,6 +239,18 @@ def test_a_checkpoint_of_other_settings_is_ignored(tiny_model_dir, tiny_tokens, 
     assert any("ignoring the checkpoint" in m and "learning_rate" in m for m in messages)
 
 
+def test_a_checkpoint_that_cannot_be_saved_does_not_stop_training(tiny_model_dir, tiny_tokens, tmp_path):
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("a file where the checkpoint directory should be")
+    messages = []
+    result = train_classifier(fresh_model(tiny_model_dir), tiny_tokens["train"], None,
+                              TrainConfig(epochs=2, batch_size=16, seed=0), log=messages.append,
+                              checkpoints=CheckpointStore(str(blocker / "train")))
+    assert len(result.history) == 2
+    failures = [m for m in messages if m.startswith("could not save the checkpoint of epoch")]
+    assert len(failures) == 2 and "training goes on" in failures[0]
+
+
 def test_class_weights_auto_are_inverse_frequency_and_logged(tiny_model_dir, tiny_tokens):
     labels = tiny_tokens["train"].labels
     weights = inverse_frequency_weights(labels, 2)
