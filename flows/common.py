@@ -54,3 +54,68 @@ def step_run(flow, step_name: str):
     with tracking.step_run(flow.tracking_uri, flow.mlflow_run_id, step_name, current.pathspec,
                            current.retry_count) as run:
         yield run
+
+
+def train_config(flow):
+    """The training engine's settings from the flow's Parameters."""
+    from steps.train import TrainConfig
+
+    return TrainConfig(epochs=flow.epochs, batch_size=flow.batch_size, grad_accum=flow.grad_accum,
+                       learning_rate=flow.learning_rate, warmup_ratio=flow.warmup_ratio, patience=flow.patience,
+                       freeze_encoder=flow.freeze_encoder, class_weights=flow.class_weights,
+                       compile=flow.compile, precision=flow.precision, seed=flow.seed)
+
+
+CHECKPOINTS_FOLDER = "reviewflow-checkpoints"
+
+
+def checkpoint_location(datastore_root: str, flow_name: str, run_id: str, step_name: str) -> str:
+    """<datastore root>/reviewflow-checkpoints/<flow>/<run id>/<step>: beside Metaflow's own tree, not in it."""
+    return "/".join([datastore_root.rstrip("/"), CHECKPOINTS_FOLDER, flow_name, str(run_id), step_name])
+
+
+def training_checkpoints(flow):
+    """Where this task keeps its epoch checkpoints: in the flow's datastore (local directory or S3).
+
+    Written under this run's id; read from this run first (a @retry of the step), then from the run this one
+    resumes (`current.origin_run_id`), so a run killed mid-training and resumed goes on from its last epoch.
+    """
+    from steps.checkpoints import CheckpointStore
+
+    storage = flow._datastore._storage_impl  # the datastore this task really writes to (--datastore, config)
+    root = storage.datastore_root
+    endpoint = None
+    if flow._datastore.TYPE == "s3":
+        from metaflow.metaflow_config import S3_ENDPOINT_URL
+
+        endpoint = S3_ENDPOINT_URL
+    own = checkpoint_location(root, current.flow_name, current.run_id, current.step_name)
+    origin = current.origin_run_id
+    resume_from = [checkpoint_location(root, current.flow_name, origin, current.step_name)] if origin else []
+    return CheckpointStore(own, resume_from=resume_from, endpoint_url=endpoint)
+
+
+FAIL_AFTER_EPOCH = "REVIEWFLOW_FAIL_AFTER_EPOCH"
+
+
+def failure_for_tests():
+    """Test hook, not a user setting: REVIEWFLOW_FAIL_AFTER_EPOCH=N makes the first attempt of the train step fail
+    right after epoch N is checkpointed (N:kill sends it SIGKILL instead), to test @retry and `resume`.
+    Returns an after_epoch callback, or None when the variable is unset or this is a retry."""
+    spec = os.environ.get(FAIL_AFTER_EPOCH, "")
+    if not spec or current.retry_count > 0:
+        return None
+    epoch_text, _, mode = spec.partition(":")
+    fail_epoch = int(epoch_text)
+
+    def after_epoch(epoch: int) -> None:
+        if epoch != fail_epoch:
+            return
+        print(f"{FAIL_AFTER_EPOCH}={spec}: failing after epoch {epoch} (test hook)", flush=True)
+        if mode == "kill":
+            import signal
+
+            os.kill(os.getpid(), signal.SIGKILL)
+        raise RuntimeError(f"{FAIL_AFTER_EPOCH}={spec}: simulated failure after epoch {epoch}")
+
+    return after_epoch

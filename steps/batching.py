@@ -21,6 +21,11 @@ def bucketed_batches(lengths, batch_size: int, seed: int, bucket_batches: int = 
     return [batches[i] for i in rng.permutation(len(batches))]
 
 
+def micro_batches(rows, size: int):
+    """Cut one optimizer step's rows (already length-sorted by `bucketed_batches`) into forward passes."""
+    return [rows[i:i + size] for i in range(0, len(rows), size)]
+
+
 def sorted_batches(lengths, batch_size: int):
     """Batches in length order, for inference (least padding; order does not matter there)."""
     import numpy as np
@@ -29,13 +34,17 @@ def sorted_batches(lengths, batch_size: int):
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def collate(tokens, rows, device=None):
-    """Pad the rows to the longest one in the batch: (input_ids, attention_mask, labels) tensors."""
+def collate(tokens, rows, device=None, pad_to_multiple_of: int = 1):
+    """Pad the rows to the longest one in the batch: (input_ids, attention_mask, labels) tensors.
+
+    `pad_to_multiple_of` rounds the width up (fewer distinct shapes, e.g. for torch.compile).
+    """
     import numpy as np
     import torch
 
     pieces = [tokens[i] for i in rows]
     width = max(len(p) for p in pieces)
+    width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
     ids = np.full((len(pieces), width), tokens.pad_token_id, dtype=np.int64)
     mask = np.zeros((len(pieces), width), dtype=np.int64)
     for row, piece in enumerate(pieces):

@@ -92,5 +92,5 @@ def decide(mlflow_client, registered_model: str, inputs: dict, force: bool = Fal
         False,
         f"unchanged: the data (fingerprint {inputs['data_fingerprint'][:12]}), the model ({inputs.get('model')}) and "
         f"the {len(settings)} training settings ({', '.join(settings)}) equal those of champion v{champion} ({run}); "
-        "nothing to train. Pass --force-retrain True to train anyway.",
+        "nothing to train. Pass --force-retrain to train anyway.",
         ours, champion)

@@ -2,8 +2,8 @@
 
 Local paths and `s3://bucket/key` URIs are both "locations". S3 goes through boto3 with the standard
 credential chain (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, instance roles, ...) and an
-endpoint taken, in this order, from AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL, METAFLOW_S3_ENDPOINT_URL,
-MLFLOW_S3_ENDPOINT_URL (unset = AWS itself). Errors are turned into one line that names the URI and the
+endpoint taken, in this order, from the S3-specific AWS_ENDPOINT_URL_S3, METAFLOW_S3_ENDPOINT_URL,
+MLFLOW_S3_ENDPOINT_URL, then the all-services AWS_ENDPOINT_URL (none set = AWS itself). Errors are turned into one line that names the URI and the
 setting to fix, never the secret.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import PurePosixPath
 
 from steps.errors import ReviewflowError
 
-ENDPOINT_SETTINGS = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "METAFLOW_S3_ENDPOINT_URL", "MLFLOW_S3_ENDPOINT_URL")
+ENDPOINT_SETTINGS = ("AWS_ENDPOINT_URL_S3", "METAFLOW_S3_ENDPOINT_URL", "MLFLOW_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL")
 
 
 @dataclass(frozen=True)
@@ -55,12 +55,12 @@ def s3_endpoint() -> tuple[str | None, str | None]:
     return None, None
 
 
-def s3_client():
-    """A boto3 S3 client with the configured endpoint; credentials are resolved afresh on every call."""
+def s3_client(endpoint_url: str | None = None):
+    """A boto3 S3 client for `endpoint_url` or the configured endpoint; credentials are resolved afresh."""
     import boto3
     from botocore.config import Config
 
-    endpoint, _ = s3_endpoint()
+    endpoint = endpoint_url or s3_endpoint()[0]
     # A new session each time: boto3's default session caches the credentials it first found.
     return boto3.session.Session().client("s3", endpoint_url=endpoint,
                         config=Config(retries={"max_attempts": 3, "mode": "standard"},

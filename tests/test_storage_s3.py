@@ -32,7 +32,10 @@ def test_parse_and_endpoint_precedence(monkeypatch):
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:1")
     assert storage.s3_endpoint() == ("http://127.0.0.1:1", "AWS_ENDPOINT_URL_S3")
     monkeypatch.delenv("AWS_ENDPOINT_URL_S3")
-    assert storage.s3_endpoint()[1] == "AWS_ENDPOINT_URL"  # the tests' fail-fast default comes next
+    assert storage.s3_endpoint() == ("http://127.0.0.1:2", "METAFLOW_S3_ENDPOINT_URL")
+    monkeypatch.delenv("METAFLOW_S3_ENDPOINT_URL")
+    monkeypatch.delenv("MLFLOW_S3_ENDPOINT_URL")
+    assert storage.s3_endpoint()[1] == "AWS_ENDPOINT_URL"  # the all-services setting (here: the tests' fail-fast)
 
 
 def test_prefix_listing_and_streaming(s3_env, bucket_objects):

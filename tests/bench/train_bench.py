@@ -1,0 +1,325 @@
+"""Training throughput benchmark: reviewflow's engine vs Hugging Face Trainer vs the lab's notebook loop.
+
+    pip install -r requirements-bench.txt     # accelerate, which Trainer needs
+    python tests/bench/train_bench.py --data ../shared/data/amazon_review_snippets.csv --epochs 1 --json
+
+Every contender trains the same model from the same weights on the same split (GroupShuffleSplit by
+reviewId, test 20%, random_state 0) with batch 16, lr 5e-5, AdamW (weight decay 0.01), linear warmup over 10%
+of the steps then linear decay, gradient clipping at 1.0, all weights trained, in its own fresh process
+with the same number of threads:
+
+- reviewflow: steps/train.py (length-bucketed batches, dynamic padding, fused AdamW; bf16 on CUDA).
+- hf_trainer: transformers.Trainer with DataCollatorWithPadding and train_sampling_strategy="group_by_length"
+  (its defaults otherwise: fused AdamW; bf16 on CUDA).
+- lab_loop: the notebook's loop: every review padded to max_length (128), DataLoader(shuffle=True),
+  torch.optim.AdamW, fp32.
+
+Each prints one JSON line: contender, train_samples_per_s, real_tokens_per_s (non-pad tokens trained per
+second), peak_rss_mb (the process's peak resident memory), accuracy and f1 on the test split (scored by the
+same code for all). Timing covers the training loop only (model loading, tokenization and scoring excluded).
+Diagnostics (training FLOP/s on real tokens against the machine's peak, padding, seconds) go to stderr.
+
+CPU (default): the packaged MiniLM-L6. `--device cuda`: a DistilBERT-sized encoder (6 layers, dim 768, 12 heads)
+with random weights (config only, nothing downloaded), bf16 for reviewflow and Trainer, MFU against the GPU's
+bf16 peak (`--peak-tflops` where the GPU is not in the table).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+CONTENDERS = ("reviewflow", "hf_trainer", "lab_loop")
+JSON_KEYS = ("contender", "train_samples_per_s", "real_tokens_per_s", "peak_rss_mb", "accuracy", "f1")
+# Dense (no sparsity) bf16 tensor-core peaks, TFLOP/s, from the vendors' data sheets.
+GPU_BF16_PEAK_TFLOPS = {"H200": 989.0, "H100 PCIe": 756.0, "H100 NVL": 835.0, "H100": 989.0, "GH200": 989.0,
+                        "A100": 312.0, "L40S": 362.0, "L4": 121.0, "A10G": 70.0, "A10": 125.0, "RTX 4090": 165.0}
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", required=True, help="CSV with reviewText, isPositive, reviewId")
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--lr", type=float, default=5e-5)
+    parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "2")),
+                        help="intra-op threads for every contender (default: $OMP_NUM_THREADS or 2)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--compile", action="store_true", help="reviewflow with --compile (and Trainer torch_compile)")
+    parser.add_argument("--precision", default="auto", help="reviewflow's --precision (auto: fp32 on CPU, bf16 on CUDA)")
+    parser.add_argument("--contenders", default=",".join(CONTENDERS))
+    parser.add_argument("--rows", type=int, default=0, help="use only the first N rows (quick checks)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--peak-tflops", type=float, default=0.0,
+                        help="the device's peak (fp32 on CPU, bf16 on CUDA) in TFLOP/s, when it cannot be derived")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="run the contenders this many times, round-robin (order reversed every other round), "
+                             "and report each one's fastest run: on a shared machine other load only slows down")
+    parser.add_argument("--json", action="store_true", help="print only the JSON lines on stdout")
+    parser.add_argument("--worker", choices=CONTENDERS, help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+# --- shared by all contenders ---------------------------------------------------------------------------------
+def load_split(args):
+    import pandas as pd
+    from sklearn.model_selection import GroupShuffleSplit
+
+    frame = pd.read_csv(args.data)
+    if args.rows:
+        frame = frame.head(args.rows)
+    frame = frame.dropna(subset=["reviewText"]).reset_index(drop=True)
+    groups = frame["reviewId"] if "reviewId" in frame else frame.index
+    train_idx, test_idx = next(GroupShuffleSplit(n_splits=1, test_size=0.2, random_state=0).split(frame, groups=groups))
+    return frame.iloc[train_idx].reset_index(drop=True), frame.iloc[test_idx].reset_index(drop=True)
+
+
+def load_model_and_tokenizer(args):
+    import torch
+
+    from steps.models import load_classifier, load_tokenizer
+
+    tokenizer = load_tokenizer("minilm")  # BERT uncased vocabulary (30,522), the same as DistilBERT's
+    torch.manual_seed(args.seed)  # the same initial head (and random encoder on CUDA) for every contender
+    if args.device == "cpu":
+        return load_classifier("minilm"), tokenizer
+    from transformers import DistilBertConfig, DistilBertForSequenceClassification
+
+    config = DistilBertConfig(vocab_size=tokenizer.vocab_size, max_position_embeddings=512, num_labels=2,
+                              attn_implementation="sdpa")
+    return DistilBertForSequenceClassification(config), tokenizer
+
+
+def synchronize(args):
+    if args.device == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def count_flops(model, lengths) -> float:
+    """Training FLOPs on real tokens: 6 x non-embedding parameters x tokens (forward 2, backward 4 per
+    parameter and token) + attention scores and mixing, 12 x layers x width x sum(length^2) (fwd + bwd)."""
+    import numpy as np
+
+    config = model.config
+    embedding = sum(p.numel() for n, p in model.named_parameters() if "embeddings" in n)
+    non_embedding = sum(p.numel() for p in model.parameters()) - embedding
+    layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layers")
+    width = getattr(config, "hidden_size", None) or getattr(config, "dim")
+    lengths = np.asarray(lengths, dtype=np.float64)
+    return 6.0 * non_embedding * lengths.sum() + 12.0 * layers * width * (lengths ** 2).sum()
+
+
+def cpu_fp32_peak(threads: int) -> tuple[float, str]:
+    """cores used x GHz x fp32 FLOP per cycle, from lscpu (an estimate: states its assumptions)."""
+    info = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+    fields = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    cores = min(threads, int(fields.get("CPU(s)", os.cpu_count() or 1)))
+    mhz = float(fields.get("CPU max MHz", 0) or 0)
+    clock = "max MHz"
+    if not mhz:
+        mhz = float(fields.get("BogoMIPS", 0) or 0) / 2  # BogoMIPS = 2 x TSC MHz on x86
+        clock = "BogoMIPS/2 (nominal clock; no max MHz reported)"
+    flags = fields.get("Flags", "").split()
+    amd = "AMD" in fields.get("Vendor ID", "")
+    if "avx512f" in flags:
+        # Zen 4 runs AVX-512 on two 256-bit FMA pipes; Intel server cores have two 512-bit FMA units.
+        per_cycle, simd = (32, "AVX-512 on 2x256-bit FMA pipes (Zen 4)") if amd else (64, "2x AVX-512 FMA units")
+    elif "avx2" in flags and "fma" in flags:
+        per_cycle, simd = 32, "2x AVX2 FMA units"
+    else:
+        per_cycle, simd = 8, "SSE"
+    peak = cores * mhz / 1000 * per_cycle
+    return peak * 1e9, f"{cores} cores x {mhz / 1000:.2f} GHz ({clock}) x {per_cycle} fp32 FLOP/cycle ({simd})"
+
+
+def gpu_bf16_peak(args) -> tuple[float, str]:
+    import torch
+
+    name = torch.cuda.get_device_name()
+    if args.peak_tflops:
+        return args.peak_tflops * 1e12, f"{name}: {args.peak_tflops} TFLOP/s (--peak-tflops)"
+    for key, tflops in GPU_BF16_PEAK_TFLOPS.items():
+        if key in name:
+            return tflops * 1e12, f"{name}: {tflops} TFLOP/s dense bf16 (data sheet)"
+    return 0.0, f"{name}: unknown bf16 peak; pass --peak-tflops"
+
+
+def score(model, tokenizer, test, args) -> dict:
+    from steps.evaluate import classification_metrics, predict_proba
+    from steps.tokenize import encode
+
+    tokens = encode(test["reviewText"].tolist(), test["isPositive"].to_numpy(), tokenizer, args.max_length)
+    import torch
+
+    probabilities = predict_proba(model, tokens, batch_size=64, device=torch.device(args.device))
+    metrics = classification_metrics(tokens.labels, probabilities)
+    return {"accuracy": round(metrics["accuracy"], 4), "f1": round(metrics["f1"], 4)}
+
+
+# --- contenders: each returns (train seconds, extra diagnostics) ----------------------------------------------
+def run_reviewflow(model, tokenizer, train, args):
+    from steps.tokenize import encode
+    from steps.train import TrainConfig, train_classifier
+
+    tokens = encode(train["reviewText"].tolist(), train["isPositive"].to_numpy(), tokenizer, args.max_length)
+    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr, seed=args.seed,
+                         device=args.device, compile=args.compile, precision=args.precision)
+    started = time.perf_counter()
+    result = train_classifier(model, tokens, None, config, log=lambda m: print(m, file=sys.stderr),
+                              interactive=False)
+    synchronize(args)
+    return time.perf_counter() - started, {"padding_share": round(result.padding_share, 4),
+                                           "precision": result.precision}
+
+
+def run_hf_trainer(model, tokenizer, train, args):
+    import tempfile
+
+    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
+
+    encoded = tokenizer(train["reviewText"].tolist(), truncation=True, max_length=args.max_length,
+                        return_token_type_ids=False)
+    dataset = [{"input_ids": ids, "attention_mask": mask, "labels": int(label)}
+               for ids, mask, label in zip(encoded["input_ids"], encoded["attention_mask"], train["isPositive"])]
+    with tempfile.TemporaryDirectory() as output_dir:
+        training_args = TrainingArguments(
+            output_dir=output_dir, per_device_train_batch_size=args.batch_size, learning_rate=args.lr,
+            num_train_epochs=args.epochs, weight_decay=0.01, warmup_steps=0.1, lr_scheduler_type="linear",
+            max_grad_norm=1.0, seed=args.seed, train_sampling_strategy="group_by_length",
+            use_cpu=args.device == "cpu", bf16=args.device == "cuda", torch_compile=args.compile,
+            report_to="none", save_strategy="no", eval_strategy="no", logging_strategy="no", disable_tqdm=True,
+            dataloader_num_workers=0)
+        trainer = Trainer(model=model, args=training_args, train_dataset=dataset,
+                          data_collator=DataCollatorWithPadding(tokenizer))
+        started = time.perf_counter()
+        trainer.train()
+        synchronize(args)
+        seconds = time.perf_counter() - started
+    return seconds, {"optimizer": str(training_args.optim)}
+
+
+def run_lab_loop(model, tokenizer, train, args):
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+    from transformers import get_linear_schedule_with_warmup
+
+    device = torch.device(args.device)
+    encoded = tokenizer(train["reviewText"].tolist(), truncation=True, padding="max_length",
+                        max_length=args.max_length, return_tensors="pt", return_token_type_ids=False)
+    labels = torch.tensor(train["isPositive"].to_numpy(), dtype=torch.long)
+    loader = DataLoader(TensorDataset(encoded["input_ids"], encoded["attention_mask"], labels),
+                        batch_size=args.batch_size, shuffle=True, generator=torch.Generator().manual_seed(args.seed))
+    model.to(device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
+    total = len(loader) * args.epochs
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(0.1 * total), total)
+    started = time.perf_counter()
+    for _ in range(args.epochs):
+        for ids, mask, y in loader:
+            ids, mask, y = ids.to(device), mask.to(device), y.to(device)
+            loss = model(input_ids=ids, attention_mask=mask, labels=y).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad()
+    synchronize(args)
+    return time.perf_counter() - started, {}
+
+
+RUNNERS = {"reviewflow": run_reviewflow, "hf_trainer": run_hf_trainer, "lab_loop": run_lab_loop}
+
+
+def worker(args) -> None:
+    """One contender in this (fresh) process; prints its JSON line last on stdout."""
+    import torch
+
+    from steps.tokenize import encode
+
+    torch.set_num_threads(args.threads)
+    train, test = load_split(args)
+    model, tokenizer = load_model_and_tokenizer(args)
+    cpu_started = time.process_time()
+    seconds, extra = RUNNERS[args.worker](model, tokenizer, train, args)
+    cpu_seconds = time.process_time() - cpu_started  # includes the runner's own tokenization (small)
+    lengths = encode(train["reviewText"].tolist(), train["isPositive"].to_numpy(), tokenizer, args.max_length).lengths
+    samples, real_tokens = len(train) * args.epochs, int(lengths.sum()) * args.epochs
+    flops = count_flops(model, lengths) * args.epochs
+    metrics = score(model, tokenizer, test, args)
+    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if args.device == "cuda":
+        peak, peak_text = gpu_bf16_peak(args)
+        extra["peak_gpu_memory_mb"] = round(torch.cuda.max_memory_allocated() / 2 ** 20, 1)
+    else:
+        peak, peak_text = (args.peak_tflops * 1e12, f"{args.peak_tflops} TFLOP/s (--peak-tflops)") \
+            if args.peak_tflops else cpu_fp32_peak(torch.get_num_threads())
+    achieved = flops / seconds
+    diagnostics = {"contender": args.worker, "train_seconds": round(seconds, 2),
+                   "cpu_seconds": round(cpu_seconds, 2), "samples_per_cpu_s": round(samples / cpu_seconds, 2),
+                   "threads": torch.get_num_threads(), "load_average": os.getloadavg()[0],
+                   "train_rows": len(train), "test_rows": len(test), "real_tokens": real_tokens,
+                   "training_gflop_on_real_tokens": round(flops / 1e9, 1),
+                   "achieved_gflop_per_s": round(achieved / 1e9, 2),
+                   "share_of_peak": round(achieved / peak, 4) if peak else None, "peak": peak_text, **extra}
+    print("DIAGNOSTICS " + json.dumps(diagnostics), file=sys.stderr, flush=True)
+    line = {"contender": args.worker, "train_samples_per_s": round(samples / seconds, 2),
+            "real_tokens_per_s": round(real_tokens / seconds, 1), "peak_rss_mb": round(peak_rss_mb, 1), **metrics}
+    print(json.dumps({k: line[k] for k in JSON_KEYS}), flush=True)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.worker:
+        worker(args)
+        return 0
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads),
+           "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+           "TQDM_DISABLE": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    contenders = args.contenders.split(",")
+    best = {}
+    for round_number in range(args.repeat):
+        for contender in (contenders if round_number % 2 == 0 else contenders[::-1]):
+            command = [sys.executable, __file__, "--worker", contender, *(argv if argv is not None else sys.argv[1:])]
+            done = subprocess.run(command, env=env, stdout=subprocess.PIPE, stderr=None if not args.json else
+                                  subprocess.PIPE, text=True)
+            if done.returncode != 0:
+                print(done.stderr or "", file=sys.stderr)
+                print(f"{contender} failed (exit {done.returncode})", file=sys.stderr)
+                return done.returncode
+            if args.json and done.stderr:  # keep the diagnostics, drop the libraries' chatter
+                for row in done.stderr.splitlines():
+                    if row.startswith("DIAGNOSTICS "):
+                        print(row, file=sys.stderr, flush=True)
+            line = json.loads(done.stdout.strip().splitlines()[-1])
+            if args.repeat > 1:
+                print(f"round {round_number + 1}: {json.dumps(line)}", file=sys.stderr, flush=True)
+            if contender not in best or line["train_samples_per_s"] > best[contender]["train_samples_per_s"]:
+                best[contender] = line
+    lines = [best[c] for c in contenders]
+    for line in lines:
+        print(json.dumps(line), flush=True)
+    if len(lines) > 1:
+        by_name = {line["contender"]: line for line in lines}
+        ours = by_name.get("reviewflow")
+        for other in ("hf_trainer", "lab_loop"):
+            if ours and other in by_name:
+                ratio = ours["train_samples_per_s"] / by_name[other]["train_samples_per_s"]
+                print(f"reviewflow / {other}: {ratio:.2f}x samples/s, accuracy "
+                      f"{100 * (ours['accuracy'] - by_name[other]['accuracy']):+.1f} points", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
