@@ -53,6 +53,7 @@ def step_run(flow, step_name: str):
 
     with tracking.step_run(flow.tracking_uri, flow.mlflow_run_id, step_name, current.pathspec,
                            current.retry_count) as run:
+        fault_point()  # inside the step's MLflow run, so an injected failure marks it FAILED like a real one
         yield run
 
 
@@ -95,27 +96,8 @@ def training_checkpoints(flow):
     return CheckpointStore(own, resume_from=resume_from, endpoint_url=endpoint)
 
 
-FAIL_AFTER_EPOCH = "REVIEWFLOW_FAIL_AFTER_EPOCH"
+def fault_point() -> None:
+    """Test hook (steps/faults.py): fails the current step when a test's REVIEWFLOW_FAIL_AT names it; else nothing."""
+    from steps import faults
 
-
-def failure_for_tests():
-    """Test hook, not a user setting: REVIEWFLOW_FAIL_AFTER_EPOCH=N makes the first attempt of the train step fail
-    right after epoch N is checkpointed (N:kill sends it SIGKILL instead), to test @retry and `resume`.
-    Returns an after_epoch callback, or None when the variable is unset or this is a retry."""
-    spec = os.environ.get(FAIL_AFTER_EPOCH, "")
-    if not spec or current.retry_count > 0:
-        return None
-    epoch_text, _, mode = spec.partition(":")
-    fail_epoch = int(epoch_text)
-
-    def after_epoch(epoch: int) -> None:
-        if epoch != fail_epoch:
-            return
-        print(f"{FAIL_AFTER_EPOCH}={spec}: failing after epoch {epoch} (test hook)", flush=True)
-        if mode == "kill":
-            import signal
-
-            os.kill(os.getpid(), signal.SIGKILL)
-        raise RuntimeError(f"{FAIL_AFTER_EPOCH}={spec}: simulated failure after epoch {epoch}")
-
-    return after_epoch
+    faults.enter_step(current.step_name, current.retry_count)

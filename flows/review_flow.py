@@ -6,8 +6,7 @@
 start -> ingest -> validate -> split -> tokenize -> train -> evaluate -> register -> end.
 Each step calls the library in steps/; every step logs a nested MLflow run under the flow run's run.
 """
-from common import (failure_for_tests, flow_parameters, ship_library, step_run, train_config,
-                    training_checkpoints)
+from common import fault_point, flow_parameters, ship_library, step_run, train_config, training_checkpoints
 from metaflow import (Config, FlowSpec, Parameter, card, config_expr, current, project, resources, retry, schedule,
                       step, trigger)
 
@@ -90,10 +89,12 @@ class ReviewFlow(FlowSpec):
                                help="Gate: the new version's test F1 may be at most this much below the champion's "
                                     "on the same test rows (0 = must not be worse).")
 
+    @retry(times=0)  # retry policy: README "When things break"
     @step
     def start(self):
         from steps import gate, tracking
 
+        fault_point()
         gate.check_promote_mode(self.promote)
         gate.check_thresholds(self.min_f1, self.max_regression)  # fail before training, not after
 
@@ -107,6 +108,7 @@ class ReviewFlow(FlowSpec):
               f"MLflow: {self.tracking_uri} (run {self.mlflow_run_id}); registry name '{self.registered_model}'.")
         self.next(self.ingest)
 
+    @retry(times=2, minutes_between_retries=1)
     @step
     def ingest(self):
         from steps.ingest import IngestOptions, load_reviews
@@ -126,6 +128,7 @@ class ReviewFlow(FlowSpec):
                          f"(fingerprint {self.fingerprint[:12]})."] + result.notes()))
         self.next(self.validate)
 
+    @retry(times=0)
     @card(type="blank", id="validation")
     @step
     def validate(self):
@@ -151,6 +154,7 @@ class ReviewFlow(FlowSpec):
               f"{'Training' if decision.retrain else 'Not training'}: {decision.reason}")
         self.next({"train": self.split, "unchanged": self.end}, condition="route")
 
+    @retry(times=0)
     @step
     def split(self):
         from steps.split import split_reviews
@@ -162,6 +166,7 @@ class ReviewFlow(FlowSpec):
         print(f"Split (grouped by review, stratified): {parts.sizes()}")
         self.next(self.tokenize)
 
+    @retry(times=0)
     @step
     def tokenize(self):
         from steps.drift import training_profile
@@ -197,7 +202,7 @@ class ReviewFlow(FlowSpec):
             classifier = load_classifier(self.model)
             result = train_classifier(classifier, self.tokens["train"], self.tokens["validation"], config,
                                       on_step=lambda step, metrics: run.metrics(metrics, step=step),
-                                      checkpoints=checkpoints, after_epoch=failure_for_tests())
+                                      checkpoints=checkpoints)
             for epoch in result.history:
                 run.metrics(epoch, step=epoch["epoch"])
             run.metrics({k: v for k, v in result.summary().items() if isinstance(v, (int, float))})
@@ -208,9 +213,11 @@ class ReviewFlow(FlowSpec):
                 load_tokenizer(self.model).save_pretrained(tmp)
                 self.classifier = pack_directory(tmp)
         self.train_summary, self.history = result.summary(), result.history
+        self.trained_by = current.pathspec  # names this model: a retried or resumed register finds its version
         checkpoints.clear()  # the trained model is this step's artifact now; the checkpoints have done their job
         self.next(self.evaluate)
 
+    @retry(times=1, minutes_between_retries=1)
     @card(type="blank", id="evaluation")
     @step
     def evaluate(self):
@@ -236,6 +243,7 @@ class ReviewFlow(FlowSpec):
         print("\n".join(evaluation.summary_lines(verdict)))
         self.next(self.register)
 
+    @retry(times=1, minutes_between_retries=1)  # idempotent: a retry finds the version instead of adding one
     @step
     def register(self):
         from steps.drift import store_training_profile
@@ -247,7 +255,7 @@ class ReviewFlow(FlowSpec):
         with step_run(self, "register") as run, unpacked(self.classifier) as model_dir:
             registration = register(
                 run.client, self.registered_model, model_dir, self.max_length,
-                metaflow_run=f"{current.flow_name}/{current.run_id}",
+                metaflow_run=f"{current.flow_name}/{current.run_id}", trained_by=self.trained_by,
                 tags={"data_fingerprint": self.fingerprint, "base_model": self.model,
                       **version_tags(self.training_inputs),
                       **{f"test_{k}": self.test_metrics[k] for k in ("accuracy", "f1", "roc_auc")}},
@@ -258,13 +266,15 @@ class ReviewFlow(FlowSpec):
         self.registration = registration.__dict__
         self.next(self.end)
 
+    @retry(times=1, minutes_between_retries=1)
     @step
     def end(self):
         from steps.report import summary_lines, unchanged_lines
         from steps.tracking import finish_flow_run
 
+        fault_point()
         run = f"{current.flow_name}/{current.run_id}"
-        finish_flow_run(self.tracking_uri, self.mlflow_run_id, outcome=self.route)
+        finish_flow_run(self.tracking_uri, self.mlflow_run_id, outcome=self.route, metaflow_run=run)
         if self.route == "unchanged":
             print("\n".join(unchanged_lines(self.retrain_reason, self.tracking_uri, self.mlflow_run_id, run)))
         else:

@@ -27,6 +27,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
+from steps import faults
 from steps.errors import ReviewflowError
 
 CHAMPION = "champion"
@@ -231,13 +232,15 @@ def promote(mlflow_client, name: str, version: int, *, reason: str = "", metaflo
     with promotion_lock(mlflow_client, name, timeout=lock_timeout):
         current = alias_version(mlflow_client, name, CHAMPION)
         if current == version:
-            return Move(name, action, current, version, changed=False)
+            return _record_unrecorded(mlflow_client, name, version, action, reason, metaflow_run, verdict, force,
+                                      user)
         if verdict is not None and not force and verdict.champion_version != current:
             raise ChampionChanged(
                 f"the champion of '{name}' is now v{current}, but v{version} was compared with "
                 f"{'no champion' if verdict.champion_version is None else f'v{verdict.champion_version}'}; "
                 "run the promotion again to compare with the current champion")
         _set_alias_verified(mlflow_client, name, CHAMPION, version)
+        faults.inject("promote/after_alias")  # test hook: a crash between moving the alias and recording it
         entry = append_audit(mlflow_client, name, {
             "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
             "user": user or current_user(),
@@ -249,6 +252,30 @@ def promote(mlflow_client, name: str, version: int, *, reason: str = "", metaflo
             **_gate_record(verdict, force),
         })
     return Move(name, action, current, version, changed=True, entry=entry)
+
+
+def _record_unrecorded(mlflow_client, name: str, version: int, action: str, reason: str, metaflow_run: str,
+                       verdict, force: bool, user: str | None) -> Move:
+    """`version` is champion already. Normally the trail says so and nothing happens; if the last recorded
+    champion is another version, an earlier attempt moved the alias and died before recording the move (a
+    retried or resumed register, a repeated promotion): record it now, once, from the last recorded champion."""
+    lineage = champion_lineage(history(mlflow_client, name))
+    if lineage and lineage[-1] == version:
+        return Move(name, action, version, version, changed=False)
+    source = lineage[-1] if lineage else None
+    note = (f"recorded late: champion already pointed to v{version} but the audit trail did not show the move; an "
+            "attempt that stopped after moving the alias, or a move made outside reviewflow")
+    entry = append_audit(mlflow_client, name, {
+        "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+        "user": user or current_user(),
+        "action": action,
+        "from_version": source,
+        "to_version": version,
+        "reason": f"{(reason or '').strip()[:REASON_LIMIT]} ({note})".lstrip(),
+        "metaflow_run": metaflow_run,
+        **_gate_record(verdict, force),
+    })
+    return Move(name, action, source, version, changed=True, entry=entry)
 
 
 def rollback(mlflow_client, name: str, *, reason: str = "", metaflow_run: str = "", user: str | None = None,

@@ -1,6 +1,7 @@
 """Registry: log the trained classifier as an MLflow model and register it, idempotently, with aliases.
 
-Every registered version carries the Metaflow run that made it (`metaflow_run`) and the fingerprint of the
+Every registered version carries the Metaflow run that made it (`metaflow_run`), the Metaflow task that trained
+the model (`trained_by`: the idempotency key, the same in a retried or resumed run) and the fingerprint of the
 data it was trained on (`data_fingerprint`), gets the alias `challenger`, and is tagged with the promotion
 gate's verdict (`gate=passed|failed`, `gate.reasons`, the gate's inputs). With `promote_mode="auto"` a version
 that passed the gate becomes `champion` through steps.promotion (locked, verified, audited).
@@ -11,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
 
+from steps import faults
 from steps.promotion import CHALLENGER, CHAMPION, ChampionChanged, alias_version, promote  # noqa: F401
 
 RUNTIME_PACKAGES = ("mlflow", "torch", "transformers", "tokenizers", "safetensors", "pandas", "numpy")
@@ -51,17 +53,18 @@ def signature():
     )
 
 
-def find_version(mlflow_client, name: str, metaflow_run: str):
-    """The version an earlier attempt of this flow run registered, if any."""
+def find_version(mlflow_client, name: str, trained_by: str):
+    """The version an earlier attempt (a @retry, or the run a `resume` continues) registered for this model."""
     from mlflow.exceptions import MlflowException
 
     try:
-        found = mlflow_client.search_model_versions(f"name = '{name}' and tags.metaflow_run = '{metaflow_run}'")
+        found = mlflow_client.search_model_versions(f"name = '{name}' and tags.{TRAINED_BY} = '{trained_by}'")
     except MlflowException:
         return None
     return min(found, key=lambda v: int(v.version)) if found else None
 
 
+TRAINED_BY = "trained_by"
 MODEL_CODE = Path(__file__).resolve().parent / "classifier_model.py"
 
 
@@ -87,8 +90,12 @@ def _tag_verdict(mlflow_client, name: str, version: int, verdict, promote_mode: 
 
 
 def register(mlflow_client, name: str, model_dir: str, max_length: int, metaflow_run: str, tags: dict,
-             verdict, promote_mode: str = "auto") -> Registration:
-    """Register the classifier under `name` once per flow run, tag it with the gate's verdict, set aliases.
+             verdict, promote_mode: str = "auto", trained_by: str | None = None) -> Registration:
+    """Register the classifier under `name` once per trained model, tag it with the gate's verdict, set aliases.
+
+    `trained_by` (default: `metaflow_run`) names the trained model, e.g. the pathspec of the Metaflow task that
+    trained it: a version tagged with it already exists when an earlier attempt crashed after registering, and
+    is then reused, never duplicated; the aliases, verdict tags and promotion are completed as needed.
 
     `verdict` (steps.gate.GateVerdict) was decided against the champion current at evaluation time. With
     `promote_mode="auto"` a passed version becomes champion; if the champion moved since evaluation the
@@ -99,14 +106,18 @@ def register(mlflow_client, name: str, model_dir: str, max_length: int, metaflow
     from steps.gate import check_promote_mode
 
     check_promote_mode(promote_mode)
-    existing = find_version(mlflow_client, name, metaflow_run)
+    trained_by = trained_by or metaflow_run
+    existing = find_version(mlflow_client, name, trained_by)
     if existing is not None:
         version, model_uri, created = int(existing.version), existing.source, False
+        print(f"'{name}' v{version} already holds this model ({TRAINED_BY}={trained_by}, registered by "
+              f"{existing.tags.get('metaflow_run', '?')}): reusing it, not registering it again", flush=True)
     else:
         info = log_classifier(model_dir, max_length)
-        all_tags = {"metaflow_run": metaflow_run, **{k: str(v) for k, v in tags.items()}}
+        all_tags = {"metaflow_run": metaflow_run, TRAINED_BY: trained_by, **{k: str(v) for k, v in tags.items()}}
         registered = mlflow.register_model(info.model_uri, name, tags=all_tags)
         version, model_uri, created = int(registered.version), info.model_uri, True
+    faults.inject("register/after_version")  # test hook: a crash between registering and setting the aliases
     mlflow_client.set_registered_model_alias(name, CHALLENGER, str(version))
     _tag_verdict(mlflow_client, name, version, verdict, promote_mode)  # before promoting: a champion is never untagged
     promoted = False

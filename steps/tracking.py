@@ -84,8 +84,12 @@ def start_flow_run(uri: str, flow_name: str, run_id: str, params: dict, tags: di
     return run.info.run_id
 
 
-def finish_flow_run(uri: str, parent_run_id: str, status: str = "FINISHED", outcome: str | None = None) -> None:
+def finish_flow_run(uri: str, parent_run_id: str, status: str = "FINISHED", outcome: str | None = None,
+                    metaflow_run: str | None = None) -> None:
+    """Close the parent run; `metaflow_run` (Flow/run id), when it is a resume, is listed in metaflow_resumed_in."""
     mlflow_client = client(uri)
+    if metaflow_run:
+        link_resumed_run(mlflow_client, mlflow_client.get_run(parent_run_id), metaflow_run)
     if outcome:
         mlflow_client.set_tag(parent_run_id, "outcome", outcome)
     mlflow_client.set_terminated(parent_run_id, status)
@@ -162,6 +166,55 @@ class StepRun:
             self.artifact(target, subdir)
 
 
+RESUMED_IN = "metaflow_resumed_in"
+CLOSED_REASON = "reviewflow.closed_reason"
+
+
+def _metaflow_run(pathspec: str) -> str:
+    """ReviewFlow/12 of ReviewFlow/12/train/34."""
+    return "/".join(pathspec.split("/")[:2])
+
+
+def link_resumed_run(mlflow_client, parent, pathspec: str) -> None:
+    """A `resume` logs into the parent run of the run it resumes (its start step, which made the parent, is
+    cloned); the parent lists every such later Metaflow run in `metaflow_resumed_in`, so the MLflow UI shows one
+    history and each step run's `metaflow_pathspec` says which Metaflow run it belongs to."""
+    origin, here = parent.data.tags.get("metaflow_run"), _metaflow_run(pathspec)
+    if origin is None or origin == here:
+        return
+    resumed = [r for r in parent.data.tags.get(RESUMED_IN, "").split(",") if r]
+    if here not in resumed:
+        mlflow_client.set_tag(parent.info.run_id, RESUMED_IN, ",".join(resumed + [here]))
+        mlflow_client.set_tag(parent.info.run_id, "resumed", "true")
+
+
+def close_orphaned_step_runs(mlflow_client, parent, pathspec: str) -> list[str]:
+    """Mark KILLED the step runs a dead process left RUNNING under `parent`, and say why.
+
+    A step whose process was killed (kill -9, out of memory, a lost machine) cannot mark its own MLflow run.
+    When a step starts, a RUNNING step run of the same flow lineage is such an orphan if it belongs to another
+    Metaflow run (the run being resumed) or to this very task (an earlier attempt that @retry replaces); runs
+    of other tasks of this Metaflow run are left alone, they may be running in parallel. Returns their ids.
+    """
+    here = _metaflow_run(pathspec)
+    running = mlflow_client.search_runs(
+        [parent.info.experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}' and attributes.status = 'RUNNING'")
+    closed = []
+    for orphan in running:
+        theirs = orphan.data.tags.get("metaflow_pathspec", "")
+        if theirs != pathspec and _metaflow_run(theirs) == here:
+            continue
+        mlflow_client.set_tag(orphan.info.run_id, CLOSED_REASON,
+                              f"its process died before the step finished (killed, out of memory or machine lost); "
+                              f"closed when {pathspec} started")
+        mlflow_client.set_terminated(orphan.info.run_id, "KILLED")
+        print(f"MLflow: step run {orphan.info.run_name} ({theirs}) was left RUNNING by a process that died; "
+              f"marked KILLED", flush=True)
+        closed.append(orphan.info.run_id)
+    return closed
+
+
 @contextmanager
 def step_run(uri: str, parent_run_id: str, step_name: str, pathspec: str, attempt: int = 0):
     """A nested MLflow run for one Metaflow step, marked FAILED (with its parent) if the step raises.
@@ -173,9 +226,10 @@ def step_run(uri: str, parent_run_id: str, step_name: str, pathspec: str, attemp
     mlflow_client = client(uri)
     parent = mlflow_client.get_run(parent_run_id)
     if parent.info.status != "RUNNING":
-        # A resumed flow run: its parent was marked FAILED when a step crashed; it is running again.
+        # Resumed or retried: the parent was marked FAILED when a step crashed; the flow run is running again.
         mlflow_client.update_run(parent_run_id, status="RUNNING")
-        mlflow_client.set_tag(parent_run_id, "resumed", "true")
+    link_resumed_run(mlflow_client, parent, pathspec)
+    close_orphaned_step_runs(mlflow_client, parent, pathspec)
     run = mlflow.start_run(
         experiment_id=parent.info.experiment_id,
         run_name=step_name,

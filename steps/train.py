@@ -22,6 +22,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
+from steps import faults
 from steps.batching import bucketed_batches, collate, micro_batches, sorted_batches
 from steps.errors import ReviewflowError
 
@@ -586,6 +587,7 @@ class _Training:
                 self.save_checkpoint()
             if self.after_epoch:
                 self.after_epoch(self.epoch)
+            faults.inject(f"train/after_epoch_{self.epoch}")  # test hook; nothing unless a test sets it
         if self.best_state is not None and result.best_epoch != self.epoch:
             self.log(f"restoring the weights of epoch {result.best_epoch} (lowest val_loss {self.best_loss:.4f})")
             self.model.load_state_dict(self.best_state)

@@ -215,3 +215,54 @@ def test_two_processes_promoting_at_once_leave_one_champion_and_a_complete_chain
     assert trail[-1]["from_version"] == trail[-2]["to_version"]
     assert [m.name for m in client.search_registered_models()] == [NAME]
     assert all(json.loads(v) for k, v in client.get_registered_model(NAME).tags.items() if k.startswith("audit."))
+
+
+def _register_model(uri, classifier_dir, metaflow_run, trained_by, f1, champion_f1=None, champion_version=None):
+    """ReviewFlow's register step in Metaflow run `metaflow_run` for the model trained by task `trained_by`."""
+    verdict = gate.decide(f1, 0.75, 0.0, champion_f1, champion_version)
+    parent = tracking.start_flow_run(uri, "ReviewFlow", metaflow_run.split("/")[-1], {})
+    with tracking.step_run(uri, parent, "register", f"{metaflow_run}/register/9") as run:
+        return registry.register(run.client, NAME, classifier_dir, 32, metaflow_run, {"test_f1": f1},
+                                 verdict=verdict, trained_by=trained_by)
+
+
+def test_a_crash_between_registering_and_aliasing_is_completed_by_the_resumed_run(
+        tracking_uri, client, classifier_dir, monkeypatch):
+    from steps import faults
+
+    register(tracking_uri, classifier_dir, 1, f1=0.80)
+    monkeypatch.setenv(faults.FAIL_AT, "register/after_version")
+    with pytest.raises(faults.InjectedFault):
+        _register_model(tracking_uri, classifier_dir, "ReviewFlow/2", "ReviewFlow/2/train/5", 0.9, 0.8, 1)
+    version = client.get_model_version(NAME, "2")
+    assert version.tags["trained_by"] == "ReviewFlow/2/train/5" and not version.aliases and champion(client) == 1
+    monkeypatch.delenv(faults.FAIL_AT)
+    # `resume` runs register in a new Metaflow run; the model (and its train task) is the one of run 2
+    done = _register_model(tracking_uri, classifier_dir, "ReviewFlow/3", "ReviewFlow/2/train/5", 0.9, 0.8, 1)
+    assert (done.version, done.created, done.promoted) == (2, False, True) and champion(client) == 2
+    assert len(client.search_model_versions(f"name = '{NAME}'")) == 2
+    trail = promotion.history(client, NAME)
+    assert [(e["from_version"], e["to_version"]) for e in trail] == [(None, 1), (1, 2)]
+    assert trail[-1]["metaflow_run"] == "ReviewFlow/3"
+    # a model trained anew (another train task) is another version, even in the same flow lineage
+    other = _register_model(tracking_uri, classifier_dir, "ReviewFlow/3", "ReviewFlow/3/train/7", 0.7, 0.9, 2)
+    assert other.version == 3 and other.created
+
+
+def test_a_champion_move_that_was_not_recorded_is_recorded_once_on_retry(
+        tracking_uri, client, classifier_dir, monkeypatch):
+    from steps import faults
+
+    register(tracking_uri, classifier_dir, 1, f1=0.80)
+    monkeypatch.setenv(faults.FAIL_AT, "promote/after_alias")
+    with pytest.raises(faults.InjectedFault):
+        register(tracking_uri, classifier_dir, 2, f1=0.90, champion_f1=0.80, champion_version=1)
+    assert champion(client) == 2 and len(promotion.history(client, NAME)) == 1  # moved, but unrecorded
+    monkeypatch.delenv(faults.FAIL_AT)
+    for _ in range(2):  # the retry records the move; a further retry adds nothing
+        again = register(tracking_uri, classifier_dir, 2, f1=0.90, champion_f1=0.80, champion_version=1)
+        assert (again.version, again.created, again.aliases) == (2, False, ["challenger", "champion"])
+    trail = promotion.history(client, NAME)
+    assert [(e["from_version"], e["to_version"]) for e in trail] == [(None, 1), (1, 2)]
+    assert "recorded late" in trail[-1]["reason"] and trail[-1]["gate"] == "passed"
+    assert promotion.champion_lineage(trail) == [1, 2]
