@@ -23,6 +23,14 @@ if not any(os.environ.get(v) not in (None, "", "root") for v in ("METAFLOW_USER"
     _name = _login_name()
     os.environ["USERNAME"] = _name if _name not in ("", "root") else "reviewflow"
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # nothing leaves the machine unless asked
+# Library progress bars ("Loading weights", "Writing model shards", artifact downloads) redraw with \r, which a
+# step's piped, line-prefixed log shows as one garbled line per redraw; reviewflow's own progress replaces them.
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+from steps.progress import mark_launch_from_terminal  # noqa: E402
+
+mark_launch_from_terminal()  # launched from a terminal: the steps print progress lines (steps/progress.py)
 
 from metaflow import FlowMutator, current  # noqa: E402
 
@@ -72,6 +80,11 @@ CHECKPOINTS_FOLDER = "reviewflow-checkpoints"
 def checkpoint_location(datastore_root: str, flow_name: str, run_id: str, step_name: str) -> str:
     """<datastore root>/reviewflow-checkpoints/<flow>/<run id>/<step>: beside Metaflow's own tree, not in it."""
     return "/".join([datastore_root.rstrip("/"), CHECKPOINTS_FOLDER, flow_name, str(run_id), step_name])
+
+
+def datastore_root(flow) -> str:
+    """Where this run's Metaflow artifacts are: the datastore root (a directory, or s3://...) it writes to."""
+    return flow._datastore._storage_impl.datastore_root
 
 
 def training_checkpoints(flow):

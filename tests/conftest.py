@@ -34,6 +34,21 @@ def tiny_tokenizer(tiny_model_dir):
     return AutoTokenizer.from_pretrained(tiny_model_dir)
 
 
+@pytest.fixture(scope="session")
+def finished_review_flow(tmp_path_factory, tiny_model_dir):
+    """One real ReviewFlow run (400 synthetic reviews, tiny DistilBERT) for the whole session, shared by the tests
+    that only read what a finished run left behind (registry, MLflow runs, cards, the MLflow UI).
+    Returns (metaflow Run, ExecutingRun, tracking URI); the workdir is the tracking URI's folder."""
+    from tests.flow_runs import TINY_TRAINING, run_flow
+
+    workdir = tmp_path_factory.mktemp("review-flow")
+    data = write_reviews_csv(workdir / "reviews.csv", rows=400)
+    run, executing = run_flow("review_flow.py", workdir, data=str(data), model=str(tiny_model_dir),
+                              seed=1, **TINY_TRAINING)
+    assert executing.status == "successful", executing.stderr
+    return run, executing, f"sqlite:///{workdir / 'mlflow.db'}"
+
+
 @pytest.fixture
 def reviews_csv(tmp_path) -> Path:
     return write_reviews_csv(tmp_path / "reviews.csv", rows=160)

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 from metaflow import Task
 
-from tests.flow_runs import TINY_TRAINING, run_flow
+from tests.flow_runs import TINY_TRAINING, card_components, run_flow
 
 pytestmark = pytest.mark.flow
 
@@ -35,6 +35,8 @@ def test_the_retry_resumes_from_the_last_epoch_checkpoint(retried):
     location = Path(train.stdout.split("checkpoint of epoch 4 saved to ")[1].split(" (")[0])
     assert location.parts[-4:] == ("reviewflow-checkpoints", "ReviewFlow", run.id, "train")
     assert not location.exists()  # cleared once the trained model was stored as the step's artifact
+    card = "\n".join(c["source"] for c in card_components(train, "training") if c["type"] == "markdown")
+    assert "**Resumed**: epochs 1-2 (" in card and "this attempt trained epochs 3-4" in card
 
 
 def test_the_retried_training_equals_an_uninterrupted_one(retried, tiny_model_dir):
@@ -51,6 +53,8 @@ def test_the_retried_training_equals_an_uninterrupted_one(retried, tiny_model_di
     expected = train_classifier(model, tokens["train"], tokens["validation"], config, log=lambda m: None)
 
     def without_time(history):
-        return [{k: v for k, v in epoch.items() if k != "epoch_seconds"} for epoch in history]
+        return [{k: v for k, v in epoch.items() if k not in ("epoch_seconds", "epoch_samples_per_s")}
+                for epoch in history]
 
     assert without_time(run.data.history) == without_time(expected.history)
+    assert run.data.step_history == expected.step_history  # per-step curve: epochs 1-2 from the checkpoint
