@@ -132,3 +132,14 @@ def failure_for_tests():
         raise RuntimeError(f"{FAIL_AFTER_EPOCH}={spec}: simulated failure after epoch {epoch}")
 
     return after_epoch
+
+
+def render_card_now(card_id: str) -> None:
+    """Write the card `card_id` of the running task now, and wait until it is written.
+
+    Metaflow renders a task's cards when the task succeeds; for a task that fails, the only card is whatever an
+    earlier `current.card.refresh()` got written, and that refresh runs in a background process which Metaflow
+    kills as the task ends. A step that explains a failure in its card calls this before it raises.
+    (Metaflow has no public synchronous render; this is the call its own final render makes, pinned version.)
+    """
+    current.card[card_id]._card_proc("render_runtime", sync=True)

@@ -6,8 +6,8 @@
 start -> ingest -> validate -> split -> tokenize -> train -> evaluate -> register -> end.
 Each step calls the library in steps/; every step logs a nested MLflow run under the flow run's run.
 """
-from common import (datastore_root, failure_for_tests, flow_parameters, ship_library, step_run, train_config,
-                    training_checkpoints)
+from common import (datastore_root, failure_for_tests, flow_parameters, render_card_now, ship_library, step_run,
+                    train_config, training_checkpoints)
 from metaflow import (Config, FlowSpec, Parameter, card, config_expr, current, project, resources, retry, schedule,
                       step, trigger)
 
@@ -138,7 +138,7 @@ class ReviewFlow(FlowSpec):
             report, drift = run_data_checks(run, self.reviews, self.review_origin, self.ingest_rejects,
                                             self.max_bad_fraction, self.registered_model, self.seed)
             current.card.extend(validation_card(report, drift, run.run_id, self.fail_on_drift))
-            current.card.refresh()  # a card also for a run that fails below
+            render_card_now("validation")  # a card also for a run that fails below
             require_valid(report, self.data)
             print(drift.describe())
             require_no_drift(drift, self.fail_on_drift)

@@ -9,7 +9,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 # Tests never reach the network: no Hub downloads, no telemetry.
-os.environ.setdefault("USERNAME", "reviewflow-tests")
+# One fixed Metaflow user whoever runs the suite (CI sets its own USERNAME; Metaflow prefers METAFLOW_USER and
+# SUDO_USER over it), so the client's default namespace always matches the runs the tests start.
+os.environ.pop("SUDO_USER", None)
+os.environ["METAFLOW_USER"] = os.environ["USERNAME"] = "reviewflow-tests"
 os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"

@@ -14,6 +14,7 @@ TINY_TRAINING = {"epochs": 4, "batch_size": 16, "learning_rate": 3e-3, "max_leng
 def flow_env(workdir: Path, **extra) -> dict:
     env = {
         "USERNAME": "reviewflow-tests",
+        "METAFLOW_USER": "reviewflow-tests",
         "METAFLOW_DATASTORE_SYSROOT_LOCAL": str(workdir),
         "MLFLOW_TRACKING_URI": f"sqlite:///{workdir / 'mlflow.db'}",
         "MLFLOW_REGISTRY_URI": f"sqlite:///{workdir / 'mlflow.db'}",
