@@ -23,6 +23,14 @@ if not any(os.environ.get(v) not in (None, "", "root") for v in ("METAFLOW_USER"
     _name = _login_name()
     os.environ["USERNAME"] = _name if _name not in ("", "root") else "reviewflow"
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # nothing leaves the machine unless asked
+# Library progress bars ("Loading weights", "Writing model shards", artifact downloads) redraw with \r, which a
+# step's piped, line-prefixed log shows as one garbled line per redraw; reviewflow's own progress replaces them.
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+from steps.progress import mark_launch_from_terminal  # noqa: E402
+
+mark_launch_from_terminal()  # launched from a terminal: the steps print progress lines (steps/progress.py)
 
 from metaflow import FlowMutator, current  # noqa: E402
 
@@ -75,6 +83,11 @@ def checkpoint_location(datastore_root: str, flow_name: str, run_id: str, step_n
     return "/".join([datastore_root.rstrip("/"), CHECKPOINTS_FOLDER, flow_name, str(run_id), step_name])
 
 
+def datastore_root(flow) -> str:
+    """Where this run's Metaflow artifacts are: the datastore root (a directory, or s3://...) it writes to."""
+    return flow._datastore._storage_impl.datastore_root
+
+
 def training_checkpoints(flow):
     """Where this task keeps its epoch checkpoints: in the flow's datastore (local directory or S3).
 
@@ -101,3 +114,14 @@ def fault_point() -> None:
     from steps import faults
 
     faults.enter_step(current.step_name, current.retry_count)
+
+
+def render_card_now(card_id: str) -> None:
+    """Write the card `card_id` of the running task now, and wait until it is written.
+
+    Metaflow renders a task's cards when the task succeeds; for a task that fails, the only card is whatever an
+    earlier `current.card.refresh()` got written, and that refresh runs in a background process which Metaflow
+    kills as the task ends. A step that explains a failure in its card calls this before it raises.
+    (Metaflow has no public synchronous render; this is the call its own final render makes, pinned version.)
+    """
+    current.card[card_id]._card_proc("render_runtime", sync=True)

@@ -6,7 +6,8 @@
 start -> ingest -> validate -> split -> tokenize -> train -> evaluate -> register -> end.
 Each step calls the library in steps/; every step logs a nested MLflow run under the flow run's run.
 """
-from common import fault_point, flow_parameters, ship_library, step_run, train_config, training_checkpoints
+from common import (datastore_root, fault_point, flow_parameters, render_card_now, ship_library, step_run,
+                    train_config, training_checkpoints)
 from metaflow import (Config, FlowSpec, Parameter, card, config_expr, current, project, resources, retry, schedule,
                       step, trigger)
 
@@ -141,7 +142,7 @@ class ReviewFlow(FlowSpec):
             report, drift = run_data_checks(run, self.reviews, self.review_origin, self.ingest_rejects,
                                             self.max_bad_fraction, self.registered_model, self.seed)
             current.card.extend(validation_card(report, drift, run.run_id, self.fail_on_drift))
-            current.card.refresh()  # a card also for a run that fails below
+            render_card_now("validation")  # a card also for a run that fails below
             require_valid(report, self.data)
             print(drift.describe())
             require_no_drift(drift, self.fail_on_drift)
@@ -163,6 +164,7 @@ class ReviewFlow(FlowSpec):
             parts = split_reviews(self.clean, seed=self.seed)
             run.metrics({f"{name}_rows": n for name, n in parts.sizes().items()})
         self.train_rows, self.validation_rows, self.test_rows = parts.train, parts.validation, parts.test
+        self.split_sizes = parts.sizes()
         print(f"Split (grouped by review, stratified): {parts.sizes()}")
         self.next(self.tokenize)
 
@@ -187,11 +189,14 @@ class ReviewFlow(FlowSpec):
               f"p95 {self.token_stats['train']['length_p95']}.")
         self.next(self.train)
 
+    @card(type="blank", id="training")
     @retry(times=1, minutes_between_retries=0)  # a retry continues from the last epoch checkpoint
     @resources(gpu=1, cpu=4, memory=16000)
     @step
     def train(self):
+        from cards import training_card
         from steps.models import load_classifier, load_tokenizer, pack_directory
+        from steps.plots import training_plots
         from steps.train import seed_everything, train_classifier
         import tempfile
 
@@ -208,11 +213,16 @@ class ReviewFlow(FlowSpec):
             run.metrics({k: v for k, v in result.summary().items() if isinstance(v, (int, float))})
             if result.class_weights:
                 run.params({f"class_weight_{i}": w for i, w in enumerate(result.class_weights)})
+            plots = training_plots(result)
+            for name, png in plots.items():
+                run.image(png, f"plots/{name}")
             with tempfile.TemporaryDirectory() as tmp:
                 classifier.save_pretrained(tmp)
                 load_tokenizer(self.model).save_pretrained(tmp)
                 self.classifier = pack_directory(tmp)
         self.train_summary, self.history = result.summary(), result.history
+        self.step_history, self.oom_events = result.step_history, result.oom_events  # compact: <= 1000 points
+        current.card["training"].extend(training_card(result, config, plots))
         self.trained_by = current.pathspec  # names this model: a retried or resumed register finds its version
         checkpoints.clear()  # the trained model is this step's artifact now; the checkpoints have done their job
         self.next(self.evaluate)
@@ -269,17 +279,21 @@ class ReviewFlow(FlowSpec):
     @retry(times=1, minutes_between_retries=1)
     @step
     def end(self):
-        from steps.report import summary_lines, unchanged_lines
-        from steps.tracking import finish_flow_run
+        from steps import tracking
+        from steps.report import RunReport, mlflow_runs, script
 
         fault_point()
-        run = f"{current.flow_name}/{current.run_id}"
-        finish_flow_run(self.tracking_uri, self.mlflow_run_id, outcome=self.route, metaflow_run=run)
-        if self.route == "unchanged":
-            print("\n".join(unchanged_lines(self.retrain_reason, self.tracking_uri, self.mlflow_run_id, run)))
-        else:
-            print("\n".join(summary_lines(self.test_metrics, self.registration, self.tracking_uri,
-                                          self.mlflow_run_id, run)))
+        trained = self.route != "unchanged"
+        report = RunReport(f"{current.flow_name}/{current.run_id}", script(__file__), self.tracking_uri,
+                           self.mlflow_run_id, datastore_root(self), self.validation, self.retrain_reason,
+                           *((self.split_sizes, self.test_metrics, self.champion_comparison, self.registration,
+                              self.gate_verdict["champion_version"]) if trained else ()))
+        report.experiment_id, report.mlflow_runs = mlflow_runs(self.tracking_uri, self.mlflow_run_id)
+        self.run_summary = "\n".join(report.lines())
+        tracking.StepRun(tracking.client(self.tracking_uri), self.mlflow_run_id).text(self.run_summary, "summary.txt")
+        tracking.finish_flow_run(self.tracking_uri, self.mlflow_run_id, outcome=self.route,
+                                  metaflow_run=report.metaflow_run)
+        print(self.run_summary)
 
 
 if __name__ == "__main__":

@@ -143,6 +143,31 @@ def slice_metrics(slices: list[dict], prefix: str = "test_accuracy") -> dict:
     return {f"{prefix}.{s['slice']}.{s['bucket']}": s["accuracy"] for s in slices}
 
 
+# --- errors ------------------------------------------------------------------------------------------------
+CONFIDENT_ERRORS = 10
+
+
+def most_confident_errors(texts, labels, probs, n: int = CONFIDENT_ERRORS, threshold: float = 0.5) -> list[dict]:
+    """The `n` wrongly classified test reviews the model was most sure of, most confident first.
+
+    Confidence is the probability the model gave its (wrong) prediction: p for a predicted positive, 1 - p for
+    a predicted negative. These are the rows to read first: label noise, sarcasm, negation, domain words.
+    Each: {"row" (position in the test split), "text", "label", "predicted", "probability_positive", "confidence"}.
+    """
+    import numpy as np
+
+    labels = np.asarray(labels).astype(int)
+    probs = np.asarray(probs, dtype=float)
+    predicted = (probs >= threshold).astype(int)
+    confidence = np.where(predicted == 1, probs, 1 - probs)
+    wrong = np.flatnonzero(predicted != labels)
+    order = wrong[np.argsort(-confidence[wrong], kind="stable")][:n]
+    texts = list(texts)
+    return [{"row": int(i), "text": str(texts[i]), "label": int(labels[i]), "predicted": int(predicted[i]),
+             "probability_positive": round(float(probs[i]), 4), "confidence": round(float(confidence[i]), 4)}
+            for i in order]
+
+
 # --- champion vs challenger --------------------------------------------------------------------------------
 COMPARED = ("accuracy", "precision", "recall", "f1", "roc_auc", "log_loss", "ece")
 
@@ -203,24 +228,6 @@ def score_registered_model(model_uri: str, texts, batch_size: int = 64):
 
 
 # --- plots -------------------------------------------------------------------------------------------------
-PLOT_SIZE = (5.5, 4.2)  # inches at 100 dpi: readable on a laptop, small as an artifact
-
-
-def _png(figure) -> bytes:
-    import io
-
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
-    return buffer.getvalue()
-
-
-def _figure():
-    from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend (renders with Agg)
-
-    figure = Figure(figsize=PLOT_SIZE)
-    return figure, figure.add_subplot()
-
-
 def evaluation_plots(labels, probs, history=None, champion_probs=None, champion_version=None) -> dict:
     """PNG bytes by file name: confusion matrix, ROC curve, reliability diagram and, given a history, loss curves.
 
@@ -230,6 +237,8 @@ def evaluation_plots(labels, probs, history=None, champion_probs=None, champion_
     from sklearn.calibration import CalibrationDisplay
     from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay
 
+    from steps import plots as draw
+
     labels = np.asarray(labels).astype(int)
     probs = np.asarray(probs, dtype=float)
     models = [("this model", probs)]
@@ -237,17 +246,18 @@ def evaluation_plots(labels, probs, history=None, champion_probs=None, champion_
         models.append((f"champion v{champion_version}", np.asarray(champion_probs, dtype=float)))
     plots = {}
 
-    figure, ax = _figure()
+    figure, ax = draw.figure()
     ConfusionMatrixDisplay.from_predictions(labels, (probs >= 0.5).astype(int), labels=[0, 1],
                                             display_labels=["negative", "positive"], ax=ax, colorbar=False,
                                             cmap="Blues")
+    ax.grid(False)
     ax.set_title(f"Confusion matrix (test, {len(labels)} reviews, threshold 0.5)")
     ax.set_xlabel("predicted label")
     ax.set_ylabel("true label")
-    plots["confusion_matrix.png"] = _png(figure)
+    plots["confusion_matrix.png"] = draw.png(figure)
 
     if len(set(labels.tolist())) == 2:
-        figure, ax = _figure()
+        figure, ax = draw.figure()
         for name, p in models:
             RocCurveDisplay.from_predictions(labels, p, name=name, ax=ax)
         ax.plot([0, 1], [0, 1], linestyle=":", color="grey", label="chance")
@@ -255,9 +265,9 @@ def evaluation_plots(labels, probs, history=None, champion_probs=None, champion_
         ax.set_xlabel("false positive rate")
         ax.set_ylabel("true positive rate")
         ax.legend(loc="lower right")
-        plots["roc_curve.png"] = _png(figure)
+        plots["roc_curve.png"] = draw.png(figure)
 
-    figure, ax = _figure()
+    figure, ax = draw.figure()
     for name, p in models:
         CalibrationDisplay.from_predictions(labels, p, n_bins=CALIBRATION_BINS, strategy="uniform", ax=ax,
                                             name=f"{name} (ECE {expected_calibration_error(labels, p):.3f})")
@@ -265,19 +275,10 @@ def evaluation_plots(labels, probs, history=None, champion_probs=None, champion_
     ax.set_xlabel("mean predicted probability of positive")
     ax.set_ylabel("share of positive reviews")
     ax.legend(loc="upper left")
-    plots["reliability_diagram.png"] = _png(figure)
+    plots["reliability_diagram.png"] = draw.png(figure)
 
     if history:
-        figure, ax = _figure()
-        epochs = [h["epoch"] for h in history]
-        ax.plot(epochs, [h["train_loss"] for h in history], marker="o", label="training loss")
-        ax.plot(epochs, [h["val_loss"] for h in history], marker="o", label="validation loss")
-        ax.set_title("Loss per epoch")
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("cross-entropy loss")
-        ax.set_xticks(epochs)
-        ax.legend()
-        plots["loss_curves.png"] = _png(figure)
+        plots["loss_curves.png"] = draw.epoch_curves(history)
     return plots
 
 
@@ -293,6 +294,7 @@ class Evaluation:
     comparison: dict | None = None  # compare_with_champion(); None without a champion or when scoring it failed
     champion_error: str | None = None  # why the champion could not be scored
     plots: dict = field(default_factory=dict)  # file name -> PNG bytes
+    confident_errors: list[dict] = field(default_factory=list)  # most_confident_errors(), most confident first
 
     def summary_lines(self, verdict=None) -> list[str]:
         m = self.metrics
@@ -329,6 +331,7 @@ def evaluate_test_split(classifier, tokens, test_rows, history=None, champion_ur
         slices=slice_accuracy(labels, probs, tokens.lengths, verified),
         calibration=calibration_bins(labels, probs),
         champion_version=champion_version,
+        confident_errors=most_confident_errors(test_rows["reviewText"].tolist(), labels, probs),
     )
     if champion_uri is not None:
         try:
@@ -348,7 +351,8 @@ def log_evaluation(run, evaluation: Evaluation, verdict=None) -> None:
     run.metrics(evaluation.mlflow_metrics())
     run.json({"metrics": evaluation.metrics, "slices": evaluation.slices, "calibration": evaluation.calibration,
               "champion_version": evaluation.champion_version, "champion_comparison": evaluation.comparison,
-              "champion_error": evaluation.champion_error}, "evaluation/evaluation.json")
+              "champion_error": evaluation.champion_error, "confident_errors": evaluation.confident_errors},
+             "evaluation/evaluation.json")
     for name, png in evaluation.plots.items():
         run.image(png, f"plots/{name}")
     if verdict is not None:

@@ -12,7 +12,7 @@ from pathlib import Path
 from steps.errors import ReviewflowError
 
 OUTPUT_FORMATS = {".csv": "csv", ".parquet": "parquet", ".jsonl": "jsonl"}
-CHUNK_ROWS = 4096  # rows handed to the model at a time (it batches them by --batch-size inside)
+CHUNK_ROWS = 1024  # rows handed to the model at a time (it batches them by --batch-size inside); progress steps
 
 
 @dataclass
@@ -59,15 +59,22 @@ def load_model(resolved: ResolvedModel, batch_size: int):
     return mlflow.pyfunc.load_model(resolved.uri, model_config={"batch_size": batch_size})
 
 
-def predict_frame(model, reviews, resolved: ResolvedModel, log=print):
-    """`reviews` with label, probability_positive, model_name and model_version appended, in input order."""
+def predict_frame(model, reviews, resolved: ResolvedModel, log=None, progress_mode: str | None = None):
+    """`reviews` with label, probability_positive, model_name and model_version appended, in input order.
+
+    Progress (steps/progress.py): a bar, a line every ~10 s, or only the finish line; `log` receives the lines.
+    """
     import pandas as pd
 
+    from steps.progress import Progress
+
     parts = []
-    for start in range(0, len(reviews), CHUNK_ROWS):
-        chunk = reviews.iloc[start:start + CHUNK_ROWS]
-        parts.append(model.predict(pd.DataFrame({"reviewText": chunk["reviewText"].fillna("").astype(str)})))
-        log(f"scored {min(start + CHUNK_ROWS, len(reviews))}/{len(reviews)} reviews")
+    with Progress("predict", len(reviews), "reviews", mode=progress_mode,
+                  **({"log": log} if log is not None else {})) as progress:
+        for start in range(0, len(reviews), CHUNK_ROWS):
+            chunk = reviews.iloc[start:start + CHUNK_ROWS]
+            parts.append(model.predict(pd.DataFrame({"reviewText": chunk["reviewText"].fillna("").astype(str)})))
+            progress.update(len(chunk))
     scores = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(
         {"label": pd.Series(dtype="int64"), "probability_positive": pd.Series(dtype="float64")})
     out = reviews.reset_index(drop=True).copy()

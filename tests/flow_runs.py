@@ -14,6 +14,7 @@ TINY_TRAINING = {"epochs": 4, "batch_size": 16, "learning_rate": 3e-3, "max_leng
 def flow_env(workdir: Path, **extra) -> dict:
     env = {
         "USERNAME": "reviewflow-tests",
+        "METAFLOW_USER": "reviewflow-tests",
         "METAFLOW_DATASTORE_SYSROOT_LOCAL": str(workdir),
         "MLFLOW_TRACKING_URI": f"sqlite:///{workdir / 'mlflow.db'}",
         "MLFLOW_REGISTRY_URI": f"sqlite:///{workdir / 'mlflow.db'}",
@@ -46,15 +47,20 @@ def run_flow(flow_file: str, workdir: Path, env: dict | None = None, top_level: 
 
 def card_components(task, card_id: str) -> list[dict]:
     """The components of a task's Metaflow card (its data is embedded in the HTML as base64 JSON), flattened."""
-    import base64
-    import json
-    import re
-
     from metaflow.cards import get_cards
 
     cards = get_cards(task, id=card_id)
     assert len(cards) == 1, f"{task.pathspec} has {len(cards)} cards with id {card_id!r}"
-    for blob in re.findall(r'"([A-Za-z0-9+/=]{100,})"', cards[0].get()):
+    return components_in_html(cards[0].get(), f"the {card_id!r} card of {task.pathspec}")
+
+
+def components_in_html(html: str, what: str = "the card") -> list[dict]:
+    """The components of a Metaflow card's HTML, flattened (nested contents follow their parent)."""
+    import base64
+    import json
+    import re
+
+    for blob in re.findall(r'"([A-Za-z0-9+/=]{100,})"', html):
         try:
             data = json.loads(base64.b64decode(blob))
         except ValueError:
@@ -69,4 +75,4 @@ def card_components(task, card_id: str) -> list[dict]:
 
             walk(data["components"])
             return flat
-    raise AssertionError(f"no card data found in the {card_id!r} card of {task.pathspec}")
+    raise AssertionError(f"no card data found in {what}")

@@ -27,7 +27,7 @@ from mlflow import MlflowClient
 
 from steps.faults import FAIL_AT
 from tests.fixtures import write_reviews_csv
-from tests.flow_runs import FLOWS, TINY_TRAINING, flow_env, runner
+from tests.flow_runs import FLOWS, TINY_TRAINING, card_components, flow_env, runner
 
 pytestmark = pytest.mark.flow
 
@@ -190,6 +190,8 @@ def test_training_killed_mid_run_continues_from_the_last_epoch_checkpoint(chain,
     assert "epoch 2/4:" not in train[1] and "epoch 4/4:" in train[1]
     final = run_data(workdir, hops[-1].run_id)
     assert final.data.train_summary["resumed_from_epoch"] == 2 and final.data.train_summary["epochs_run"] == 4
+    card = "\n".join(c["source"] for c in card_components(final["train"].task, "training") if c["type"] == "markdown")
+    assert "**Resumed**: epochs 1-2 (" in card and "this attempt trained epochs 3-4" in card
     assert (origin / "checkpoint.pt").is_file()  # the resumed run's checkpoint is left for another resume
     assert not own.exists()  # its own: cleared once the trained model was stored
 
@@ -267,10 +269,14 @@ def test_same_data_model_settings_and_seed_reproduce_the_interrupted_champion_ru
         assert getattr(again, part)["reviewText"].tolist() == getattr(champion, part)["reviewText"].tolist()
 
     def without_time(history):
-        return [{k: v for k, v in epoch.items() if k != "epoch_seconds"} for epoch in history]
+        return [{k: v for k, v in epoch.items() if k not in ("epoch_seconds", "epoch_samples_per_s")}
+                for epoch in history]
 
     for ours, theirs in zip(without_time(again.history), without_time(champion.history), strict=True):
         assert ours == pytest.approx(theirs, abs=METRIC_TOLERANCE)
+    assert set(again.step_history) == set(champion.step_history)  # the per-step curve: epochs 1-2 from checkpoints
+    for key, ours in again.step_history.items():
+        assert ours == pytest.approx(champion.step_history[key], abs=METRIC_TOLERANCE), key
     for key in ("accuracy", "f1", "roc_auc"):
         assert again.test_metrics[key] == pytest.approx(champion.test_metrics[key], abs=METRIC_TOLERANCE)
     comparison = again.champion_comparison  # scored against the registered champion on the same test rows

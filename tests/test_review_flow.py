@@ -13,17 +13,10 @@ pytestmark = pytest.mark.flow
 STEPS = ["ingest", "validate", "split", "tokenize", "train", "evaluate", "register"]
 
 
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory, tiny_model_dir):
-    workdir = tmp_path_factory.mktemp("review-flow")
-    data = workdir / "reviews.csv"
-    from tests.fixtures import write_reviews_csv
-
-    write_reviews_csv(data, rows=400)
-    run, executing = run_flow("review_flow.py", workdir, data=str(data), model=str(tiny_model_dir),
-                              seed=1, **TINY_TRAINING)
-    assert executing.status == "successful", executing.stderr
-    return run, executing, f"sqlite:///{workdir / 'mlflow.db'}"
+@pytest.fixture
+def finished(finished_review_flow):
+    """The session's one finished ReviewFlow run (tests/conftest.py), shared with the card and UI tests."""
+    return finished_review_flow
 
 
 def test_flow_registers_a_tagged_champion_that_loads_and_predicts(finished, use_mlflow):

@@ -146,6 +146,10 @@ def test_out_of_memory_halves_the_micro_batch_and_keeps_the_schedule(tiny_model_
     reference, reference_result, reference_rates, _ = run()
     model, result, rates, messages = run(out_of_memory)
     assert result.oom_backoffs == 2 and (result.micro_batch_size, result.grad_accum) == (4, 4)
+    assert result.oom_events == [{"epoch": 1, "step": 3, "from": 16, "to": 8},
+                                 {"epoch": 1, "step": 5, "from": 8, "to": 4}]  # what the train card lists
+    micro = dict(zip(result.step_history["step"], result.step_history["micro_batch_size"]))
+    assert (micro[2], micro[3], micro[4], micro[5], micro[result.steps]) == (16, 8, 8, 4, 4)
     assert result.steps == reference_result.steps and rates == reference_rates
     backoffs = [m for m in messages if m.startswith("out of memory")]
     assert len(backoffs) == 2
@@ -202,8 +206,11 @@ def test_resuming_from_a_checkpoint_continues_bit_identically(tiny_model_dir, ti
                                log=messages.append, checkpoints=store)
     assert any(m.startswith("resuming from checkpoint epoch 2") for m in messages)
     assert resumed.resumed_from_epoch == 2 and resumed.steps == expected.steps
-    drop_time = [{k: v for k, v in h.items() if k != "epoch_seconds"} for h in expected.history]
-    assert [{k: v for k, v in h.items() if k != "epoch_seconds"} for h in resumed.history] == drop_time
+    assert resumed.resumed_at_step == expected.steps // 2
+    timing = ("epoch_seconds", "epoch_samples_per_s")
+    drop_time = [{k: v for k, v in h.items() if k not in timing} for h in expected.history]
+    assert [{k: v for k, v in h.items() if k not in timing} for h in resumed.history] == drop_time
+    assert resumed.step_history == expected.step_history  # the per-step curve survives the restart too
     assert resumed.best_epoch == expected.best_epoch
     reference = weights_of(uninterrupted)
     for key, value in weights_of(resumed_model).items():
@@ -282,13 +289,23 @@ def test_freeze_encoder_trains_only_the_classification_head(tiny_model_dir, tiny
     assert any(m.startswith("--freeze-encoder: training only the classification head") for m in messages)
 
 
-def test_progress_lines_in_logs(tiny_model_dir, tiny_tokens):
+def test_progress_lines_in_logs(tiny_model_dir, tiny_tokens, monkeypatch):
+    """lines (a flow launched from a terminal): a line per REVIEWFLOW_PROGRESS_SECONDS, here 0 = every update;
+    quiet (CI, cron): only the line that closes each epoch."""
+    monkeypatch.setenv("REVIEWFLOW_PROGRESS_SECONDS", "0")
     messages = []
     train_classifier(fresh_model(tiny_model_dir), tiny_tokens["train"], None,
-                     TrainConfig(epochs=1, batch_size=16, seed=0), log=messages.append, interactive=False)
-    lines = [m for m in messages if m.startswith("epoch 1/1 step")]
-    assert 4 <= len(lines) <= 8 and lines[-1].startswith("epoch 1/1 step 14/14 (100%)")
+                     TrainConfig(epochs=1, batch_size=16, seed=0), log=messages.append, progress="lines")
+    lines = [m for m in messages if m.startswith("train epoch 1/1")]
+    assert len(lines) == 14 and lines[-1].startswith("train epoch 1/1  100% 14/14 steps  loss ")
     assert all("loss" in m and "samples/s" in m and "ETA" in m for m in lines)
+    epoch_line = [m for m in messages if m.startswith("epoch 1/1: train_loss")]
+    assert len(epoch_line) == 1 and "samples/s" in epoch_line[0]
+    quiet_messages = []
+    train_classifier(fresh_model(tiny_model_dir), tiny_tokens["train"], None,
+                     TrainConfig(epochs=1, batch_size=16, seed=0), log=quiet_messages.append, progress="quiet")
+    assert not any(m.startswith("train epoch") for m in quiet_messages)
+    assert any(m.startswith("epoch 1/1: train_loss") for m in quiet_messages)
 
 
 def test_bad_settings_are_user_errors():

@@ -178,7 +178,7 @@ def run_reviewflow(model, tokenizer, train, args):
                          device=args.device, compile=args.compile, precision=args.precision)
     started = time.perf_counter()
     result = train_classifier(model, tokens, None, config, log=lambda m: print(m, file=sys.stderr),
-                              interactive=False)
+                              progress="quiet")
     synchronize(args)
     return time.perf_counter() - started, {"padding_share": round(result.padding_share, 4),
                                            "precision": result.precision}
