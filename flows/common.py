@@ -33,6 +33,7 @@ from steps.progress import mark_launch_from_terminal  # noqa: E402
 mark_launch_from_terminal()  # launched from a terminal: the steps print progress lines (steps/progress.py)
 
 from metaflow import FlowMutator, current  # noqa: E402
+from steps.errors import ReviewflowError  # noqa: E402
 
 LIBRARY_PACKAGES = ("steps", "schemas")
 
@@ -59,10 +60,27 @@ def step_run(flow, step_name: str):
     """The nested MLflow run of the current step under the flow run's parent MLflow run."""
     from steps import tracking
 
-    with tracking.step_run(flow.tracking_uri, flow.mlflow_run_id, step_name, current.pathspec,
-                           current.retry_count) as run:
-        fault_point()  # inside the step's MLflow run, so an injected failure marks it FAILED like a real one
-        yield run
+    try:
+        with tracking.step_run(flow.tracking_uri, flow.mlflow_run_id, step_name, current.pathspec,
+                               current.retry_count) as run:
+            fault_point()  # inside the step's MLflow run, so an injected failure marks it FAILED like a real one
+            yield run
+    except ReviewflowError:
+        raise  # bad data or settings: the message says what to fix, and a fixed input needs a new `run`
+    except Exception:
+        print(resume_hint(), flush=True)
+        raise
+
+
+def resume_hint() -> str:
+    """How to continue this run after a crash. Metaflow's plain `resume` takes the latest run started with
+    `run`, never a resume, so the hint names this run explicitly."""
+    from steps.report import script
+
+    flow_file = script(getattr(sys.modules["__main__"], "__file__", "flows/review_flow.py"))
+    return (f"{current.pathspec} failed. Once the cause is fixed, continue this run (finished steps are reused, "
+            f"training continues from its last epoch checkpoint):\n"
+            f"    python {flow_file} resume --origin-run-id {current.run_id}")
 
 
 def train_config(flow):

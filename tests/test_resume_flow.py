@@ -171,6 +171,8 @@ def test_every_hop_breaks_at_its_step_and_reruns_only_from_the_step_that_broke_b
         else:
             assert hop.returncode != 0 and f"Step {broken} (task-id" in hop.log and "Workflow failed." in hop.log
             assert f"{FAIL_AT}: injected fault at {fault.split(',')[-1]} (raise, attempt 0)" in hop.log
+            if broken not in ("start", "end"):  # a crash in a step says how to continue this very run
+                assert f"review_flow.py resume --origin-run-id {hop.run_id}" in hop.log, hop.log
         retried = re.search(rf"\[{hop.run_id}/{broken}/\d+ \(pid \d+\)\] Task is starting \(retry\)", hop.log)
         assert bool(retried) == (broken in RETRIED), hop.log  # @retry(times=0) and SIGKILLed runs: no retry
 

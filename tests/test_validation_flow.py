@@ -103,6 +103,7 @@ def test_failed_validation_registers_nothing_and_keeps_the_champion(champion_wor
     text = output(executing)
     assert "validation failed; nothing was trained or registered. 1 problem(s):" in text
     assert "observed: 30 of 200 rows (15.0%): blank_text 30" in text
+    assert "resume --origin-run-id" not in text  # the data must change: a resume would reuse the same ingest
     assert "split" not in [step.id for step in run]
     assert registry_state(uri) == {"versions": [1], "aliases": {"challenger": 1, "champion": 1}}
     validate = step_runs(uri)["validate"]
