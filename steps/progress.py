@@ -116,7 +116,8 @@ class Progress:
         if self.mode == "bar":
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=total, desc=task, unit=unit, leave=False, dynamic_ncols=True, file=sys.stderr)
+            self.bar = tqdm(total=total, desc=task, unit=unit, leave=False, dynamic_ncols=True, file=sys.stderr,
+                             disable=False)  # decided above; tqdm would read TQDM_DISABLE only at its import
 
     def __enter__(self) -> "Progress":
         return self

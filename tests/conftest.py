@@ -38,10 +38,9 @@ def tiny_tokenizer(tiny_model_dir):
 
 
 @pytest.fixture(scope="session")
-def finished_review_flow(tmp_path_factory, tiny_model_dir):
+def finished_review_flow_once(tmp_path_factory, tiny_model_dir):
     """One real ReviewFlow run (400 synthetic reviews, tiny DistilBERT) for the whole session, shared by the tests
-    that only read what a finished run left behind (registry, MLflow runs, cards, the MLflow UI).
-    Returns (metaflow Run, ExecutingRun, tracking URI); the workdir is the tracking URI's folder."""
+    that only read what a finished run left behind (registry, MLflow runs, cards, the MLflow UI)."""
     from tests.flow_runs import TINY_TRAINING, run_flow
 
     workdir = tmp_path_factory.mktemp("review-flow")
@@ -49,7 +48,18 @@ def finished_review_flow(tmp_path_factory, tiny_model_dir):
     run, executing = run_flow("review_flow.py", workdir, data=str(data), model=str(tiny_model_dir),
                               seed=1, **TINY_TRAINING)
     assert executing.status == "successful", executing.stderr
-    return run, executing, f"sqlite:///{workdir / 'mlflow.db'}"
+    return run.pathspec, executing, workdir
+
+
+@pytest.fixture
+def finished_review_flow(finished_review_flow_once):
+    """(metaflow Run, ExecutingRun, tracking URI) of the session's finished ReviewFlow run; the workdir is the
+    tracking URI's folder. The Run is opened anew for each test: Metaflow's client keeps the local metadata root
+    in a class attribute that every later Runner (another test's flow, elsewhere) repoints."""
+    from tests.flow_runs import open_run
+
+    pathspec, executing, workdir = finished_review_flow_once
+    return open_run(pathspec, workdir), executing, f"sqlite:///{workdir / 'mlflow.db'}"
 
 
 @pytest.fixture

@@ -45,6 +45,13 @@ def run_flow(flow_file: str, workdir: Path, env: dict | None = None, top_level: 
     return executing.run, executing
 
 
+def open_run(pathspec: str, workdir: Path):
+    """The metaflow Run `pathspec` of a flow run in `workdir` (see runner); safe after flows ran elsewhere."""
+    from metaflow import Run
+
+    return Run(pathspec, _namespace_check=False, _current_metadata=f"local@{workdir}")
+
+
 def card_components(task, card_id: str) -> list[dict]:
     """The components of a task's Metaflow card (its data is embedded in the HTML as base64 JSON), flattened."""
     from metaflow.cards import get_cards

@@ -27,7 +27,7 @@ from mlflow import MlflowClient
 
 from steps.faults import FAIL_AT
 from tests.fixtures import write_reviews_csv
-from tests.flow_runs import FLOWS, TINY_TRAINING, card_components, flow_env, runner
+from tests.flow_runs import FLOWS, TINY_TRAINING, card_components, flow_env, open_run, runner
 
 pytestmark = pytest.mark.flow
 
@@ -116,7 +116,7 @@ def launch(workdir: Path, command: list[str], fault: str | None, timeout: float 
 
 
 def run_data(workdir: Path, run_id: str) -> Run:
-    return Run(f"ReviewFlow/{run_id}", _namespace_check=False, _current_metadata=f"local@{workdir}")
+    return open_run(f"ReviewFlow/{run_id}", workdir)
 
 
 def flow_params(workdir: Path, tiny_model_dir) -> dict:
