@@ -241,17 +241,24 @@ def promote(mlflow_client, name: str, version: int, *, reason: str = "", metaflo
                 "run the promotion again to compare with the current champion")
         _set_alias_verified(mlflow_client, name, CHAMPION, version)
         faults.inject("promote/after_alias")  # test hook: a crash between moving the alias and recording it
-        entry = append_audit(mlflow_client, name, {
-            "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
-            "user": user or current_user(),
-            "action": action,
-            "from_version": current,
-            "to_version": version,
-            "reason": (reason or "").strip()[:REASON_LIMIT],
-            "metaflow_run": metaflow_run,
-            **_gate_record(verdict, force),
-        })
+        entry = _audit_move(mlflow_client, name, action, current, version, (reason or "").strip()[:REASON_LIMIT],
+                            metaflow_run, _gate_record(verdict, force), user)
     return Move(name, action, current, version, changed=True, entry=entry)
+
+
+def _audit_move(mlflow_client, name: str, action: str, from_version, to_version: int, reason: str,
+                metaflow_run: str, gate: dict, user: str | None) -> dict:
+    """Append one champion move to the audit trail; `gate` holds the gate's fields. Returns the entry."""
+    return append_audit(mlflow_client, name, {
+        "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+        "user": user or current_user(),
+        "action": action,
+        "from_version": from_version,
+        "to_version": to_version,
+        "reason": reason,
+        "metaflow_run": metaflow_run,
+        **gate,
+    })
 
 
 def _record_unrecorded(mlflow_client, name: str, version: int, action: str, reason: str, metaflow_run: str,
@@ -265,16 +272,9 @@ def _record_unrecorded(mlflow_client, name: str, version: int, action: str, reas
     source = lineage[-1] if lineage else None
     note = (f"recorded late: champion already pointed to v{version} but the audit trail did not show the move; an "
             "attempt that stopped after moving the alias, or a move made outside reviewflow")
-    entry = append_audit(mlflow_client, name, {
-        "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
-        "user": user or current_user(),
-        "action": action,
-        "from_version": source,
-        "to_version": version,
-        "reason": f"{(reason or '').strip()[:REASON_LIMIT]} ({note})".lstrip(),
-        "metaflow_run": metaflow_run,
-        **_gate_record(verdict, force),
-    })
+    entry = _audit_move(mlflow_client, name, action, source, version,
+                        f"{(reason or '').strip()[:REASON_LIMIT]} ({note})".lstrip(), metaflow_run,
+                        _gate_record(verdict, force), user)
     return Move(name, action, source, version, changed=True, entry=entry)
 
 
@@ -303,16 +303,8 @@ def rollback(mlflow_client, name: str, *, reason: str = "", metaflow_run: str = 
             raise ReviewflowError(f"the previous champion v{target} of '{name}' no longer exists (deleted); "
                                   "promote a version explicitly with --version N") from None
         _set_alias_verified(mlflow_client, name, CHAMPION, target)
-        entry = append_audit(mlflow_client, name, {
-            "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
-            "user": user or current_user(),
-            "action": "rollback",
-            "from_version": current,
-            "to_version": target,
-            "reason": (reason or "").strip()[:REASON_LIMIT],
-            "metaflow_run": metaflow_run,
-            "gate": "not checked (rollback to an earlier champion)",
-        })
+        entry = _audit_move(mlflow_client, name, "rollback", current, target, (reason or "").strip()[:REASON_LIMIT],
+                            metaflow_run, {"gate": "not checked (rollback to an earlier champion)"}, user)
     return Move(name, "rollback", current, target, changed=True, entry=entry)
 
 

@@ -62,6 +62,17 @@ def finished_review_flow(finished_review_flow_once):
     return open_run(pathspec, workdir), executing, f"sqlite:///{workdir / 'mlflow.db'}"
 
 
+@pytest.fixture(scope="module")
+def classifier_dir(tiny_model_dir, tmp_path_factory) -> str:
+    """The tiny model as a saved classifier (weights + tokenizer), as the train step packs it."""
+    from steps.models import load_classifier, load_tokenizer
+
+    path = tmp_path_factory.mktemp("classifier")
+    load_classifier(str(tiny_model_dir)).save_pretrained(path)
+    load_tokenizer(str(tiny_model_dir)).save_pretrained(path)
+    return str(path)
+
+
 @pytest.fixture
 def reviews_csv(tmp_path) -> Path:
     return write_reviews_csv(tmp_path / "reviews.csv", rows=160)
@@ -118,3 +129,11 @@ def s3_server(tmp_path_factory):
     server = services.start_s3(tmp_path_factory.mktemp("seaweedfs"), extra_identities=[reader])
     yield server
     services.stop_pid(server.pid)
+
+
+@pytest.fixture
+def s3_env(s3_server, monkeypatch):
+    """This test's process points at the session's S3 server (endpoint and credentials in the environment)."""
+    for key, value in s3_server.env().items():
+        monkeypatch.setenv(key, value)
+    return s3_server

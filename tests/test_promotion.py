@@ -10,18 +10,9 @@ from mlflow import MlflowClient
 
 from steps import gate, promotion, registry, tracking
 from steps.errors import ReviewflowError
-from steps.models import load_classifier, load_tokenizer
 
 NAME = "review-classifier"
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def classifier_dir(tiny_model_dir, tmp_path_factory):
-    path = tmp_path_factory.mktemp("classifier")
-    load_classifier(str(tiny_model_dir)).save_pretrained(path)
-    load_tokenizer(str(tiny_model_dir)).save_pretrained(path)
-    return str(path)
 
 
 @pytest.fixture

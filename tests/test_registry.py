@@ -4,15 +4,6 @@ import pytest
 from mlflow import MlflowClient
 
 from steps import gate, registry, tracking
-from steps.models import load_classifier, load_tokenizer
-
-
-@pytest.fixture(scope="module")
-def classifier_dir(tiny_model_dir, tmp_path_factory):
-    path = tmp_path_factory.mktemp("classifier")
-    load_classifier(str(tiny_model_dir)).save_pretrained(path)
-    load_tokenizer(str(tiny_model_dir)).save_pretrained(path)
-    return str(path)
 
 
 def _register(uri, classifier_dir, metaflow_run, verdict=None, promote_mode="auto"):

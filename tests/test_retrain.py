@@ -5,19 +5,11 @@ import pytest
 from mlflow import MlflowClient
 
 from steps import gate, registry, retrain, tracking
-from steps.models import identity, load_classifier, load_tokenizer
+from steps.models import identity
 
 PARAMS = {"data": "reviews.csv", "max-rows": 0, "model": "distilbert-base-uncased", "epochs": 2, "batch-size": 16,
           "learning-rate": 5e-5, "max-length": 128, "seed": 42, "registered-model": "review-classifier",
           "promote": "auto", "min-f1": 0.75, "force-retrain": False, "deploy": {"schedule": "17 3 * * *"}}
-
-
-@pytest.fixture(scope="module")
-def classifier_dir(tiny_model_dir, tmp_path_factory):
-    path = tmp_path_factory.mktemp("classifier")
-    load_classifier(str(tiny_model_dir)).save_pretrained(path)
-    load_tokenizer(str(tiny_model_dir)).save_pretrained(path)
-    return str(path)
 
 
 def test_inputs_keep_training_settings_and_drop_the_rest():

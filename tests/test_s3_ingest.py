@@ -12,13 +12,6 @@ from tests.fixtures import review_frame
 
 
 @pytest.fixture
-def s3_env(s3_server, monkeypatch):
-    for key, value in s3_server.env().items():
-        monkeypatch.setenv(key, value)
-    return s3_server
-
-
-@pytest.fixture
 def uploaded(s3_env, tmp_path):
     """The same 120 reviews as a local CSV and, split four ways, as CSV, gzipped CSV, Parquet and JSONL in S3."""
     frame = review_frame(120)

@@ -6,13 +6,6 @@ from steps.errors import ReviewflowError
 
 
 @pytest.fixture
-def s3_env(s3_server, monkeypatch):
-    for key, value in s3_server.env().items():
-        monkeypatch.setenv(key, value)
-    return s3_server
-
-
-@pytest.fixture
 def bucket_objects(s3_env):
     client = storage.s3_client()
     keys = ["in/b.csv", "in/a.csv", "in/sub/c.parquet", "in/readme.txt"]
