@@ -17,8 +17,11 @@ os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
-os.environ.setdefault("OMP_NUM_THREADS", "2")
-os.environ.setdefault("MKL_NUM_THREADS", "2")
+# pytest runs two workers (pytest.ini: -n 2); on a 2-core machine each gets one thread, or OpenMP threads spin
+# waiting for a peer that is not scheduled (README: Threads on a shared machine).
+_THREADS = "1" if os.environ.get("PYTEST_XDIST_WORKER") else "2"
+os.environ.setdefault("OMP_NUM_THREADS", _THREADS)
+os.environ.setdefault("MKL_NUM_THREADS", _THREADS)
 os.environ["TQDM_DISABLE"] = "1"
 os.environ["GIT_PYTHON_REFRESH"] = "quiet"
 
