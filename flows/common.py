@@ -60,6 +60,10 @@ def step_run(flow, step_name: str):
     """The nested MLflow run of the current step under the flow run's parent MLflow run."""
     from steps import tracking
 
+    same_error = bad_input_of_previous_attempt()
+    if same_error:  # @retry cannot be told which errors to retry; bad input gives the same error every time
+        raise ReviewflowError(f"{same_error}\n(attempt {current.retry_count + 1}: not run again, the previous "
+                              "attempt stopped on bad input or settings, which a retry cannot fix)")
     try:
         with tracking.step_run(flow.tracking_uri, flow.mlflow_run_id, step_name, current.pathspec,
                                current.retry_count) as run:
@@ -68,19 +72,76 @@ def step_run(flow, step_name: str):
     except ReviewflowError:
         raise  # bad data or settings: the message says what to fix, and a fixed input needs a new `run`
     except Exception:
-        print(resume_hint(), flush=True)
+        print(resume_hint(flow), flush=True)
         raise
 
 
-def resume_hint() -> str:
-    """How to continue this run after a crash. Metaflow's plain `resume` takes the latest run started with
-    `run`, never a resume, so the hint names this run explicitly."""
+def bad_input_of_previous_attempt() -> str | None:
+    """The message of the ReviewflowError (bad data or settings) that ended this step's previous attempt, if that
+    is how it ended; None on a first attempt, after any other failure, or when it cannot be told."""
+    if current.retry_count == 0:
+        return None
+    import importlib
+
+    from metaflow import Task
+
+    try:
+        failure = Task(current.pathspec, attempt=current.retry_count - 1, _namespace_check=False).exception
+        module, _, name = failure.type.rpartition(".")
+        error_class = getattr(importlib.import_module(module), name)
+        if isinstance(error_class, type) and issubclass(error_class, ReviewflowError):
+            return failure.exception.split(NOT_RUN_AGAIN)[0].rstrip()  # the original message, once
+    except Exception:  # no record of the attempt, or an exception class that cannot be imported here
+        pass
+    return None
+
+
+NOT_RUN_AGAIN = "\n(attempt "
+
+
+@contextmanager
+def closing_flow_run(flow):
+    """For `end`, which has no step run of its own: if it crashes, mark the flow's MLflow run FAILED (a resumed
+    `end` sets it RUNNING again and finishes it) and say how to resume."""
+    try:
+        fault_point()
+        yield
+    except Exception:
+        from steps import tracking
+
+        try:
+            tracking.finish_flow_run(flow.tracking_uri, flow.mlflow_run_id, status="FAILED")
+        except Exception as err:  # the MLflow store may be what failed; the step's own error matters more
+            print(f"could not mark the MLflow run {flow.mlflow_run_id} FAILED: {err}", flush=True)
+        print(resume_hint(flow), flush=True)
+        raise
+
+
+def _retries(flow) -> int:
+    """How many times @retry reruns the current step (0 without @retry)."""
+    step_function = getattr(type(flow), current.step_name)
+    return max([int(d.attributes.get("times", 0)) for d in getattr(step_function, "decorators", [])
+                if d.name == "retry"] or [0])
+
+
+def resume_hint(flow) -> str:
+    """What to do after a crash: wait for @retry's next attempt, or, on the last attempt, resume this run.
+    Metaflow's plain `resume` takes the latest run started with `run`, never a resume, so the hint names this
+    run explicitly, with the datastore when it is not the default."""
+    from metaflow.metaflow_config import DEFAULT_DATASTORE
+
     from steps.report import script
 
+    retries = _retries(flow)
+    if current.retry_count < retries:
+        return (f"{current.pathspec} failed on attempt {current.retry_count + 1} of {retries + 1}; "
+                "@retry runs it again.")
     flow_file = script(getattr(sys.modules["__main__"], "__file__", "flows/review_flow.py"))
+    datastore = flow._datastore.TYPE
+    options = f" --datastore={datastore}" if datastore != DEFAULT_DATASTORE else ""
     return (f"{current.pathspec} failed. Once the cause is fixed, continue this run (finished steps are reused, "
             f"training continues from its last epoch checkpoint):\n"
-            f"    python {flow_file} resume --origin-run-id {current.run_id}")
+            f"    python {flow_file}{options} resume --origin-run-id {current.run_id}")
 
 
 def train_config(flow):
@@ -114,17 +175,34 @@ def training_checkpoints(flow):
     """
     from steps.checkpoints import CheckpointStore
 
-    storage = flow._datastore._storage_impl  # the datastore this task really writes to (--datastore, config)
-    root = storage.datastore_root
-    endpoint = None
-    if flow._datastore.TYPE == "s3":
-        from metaflow.metaflow_config import S3_ENDPOINT_URL
-
-        endpoint = S3_ENDPOINT_URL
+    root, endpoint = datastore_root(flow), _s3_endpoint(flow)
     own = checkpoint_location(root, current.flow_name, current.run_id, current.step_name)
     origin = current.origin_run_id
     resume_from = [checkpoint_location(root, current.flow_name, origin, current.step_name)] if origin else []
     return CheckpointStore(own, resume_from=resume_from, endpoint_url=endpoint)
+
+
+def clear_training_checkpoints(flow, trained_by: str) -> None:
+    """Delete the epoch checkpoint of the train task `trained_by` (its pathspec). Called by the step after
+    train: by then Metaflow has stored the trained model as train's artifact, which it does only after the
+    train step's body returns, so a failure to store it still finds the checkpoint. The checkpoint of a run
+    that a resume started from is another run's and stays."""
+    from steps.checkpoints import CheckpointStore
+
+    flow_name, run_id, step_name = trained_by.split("/")[:3]
+    location = checkpoint_location(datastore_root(flow), flow_name, run_id, step_name)
+    try:
+        CheckpointStore(location, endpoint_url=_s3_endpoint(flow)).clear()
+    except Exception as err:  # clean-up only: the run goes on; the file can be deleted by hand
+        print(f"could not delete the training checkpoint at {location}: {err}", flush=True)
+
+
+def _s3_endpoint(flow) -> str | None:
+    if flow._datastore.TYPE != "s3":
+        return None
+    from metaflow.metaflow_config import S3_ENDPOINT_URL
+
+    return S3_ENDPOINT_URL
 
 
 def fault_point() -> None:

@@ -6,8 +6,8 @@
 start -> ingest -> validate -> split -> tokenize -> train -> evaluate -> register -> end.
 Each step calls the library in steps/; every step logs a nested MLflow run under the flow run's run.
 """
-from common import (datastore_root, fault_point, flow_parameters, render_card_now, ship_library, step_run,
-                    train_config, training_checkpoints)
+from common import (clear_training_checkpoints, closing_flow_run, datastore_root, fault_point, flow_parameters,
+                    render_card_now, ship_library, step_run, train_config, training_checkpoints)
 from metaflow import (Config, FlowSpec, Parameter, card, config_expr, current, project, resources, retry, schedule,
                       step, trigger)
 
@@ -224,8 +224,7 @@ class ReviewFlow(FlowSpec):
         self.step_history, self.oom_events = result.step_history, result.oom_events  # compact: <= 1000 points
         current.card["training"].extend(training_card(result, config, plots))
         self.trained_by = current.pathspec  # names this model: a retried or resumed register finds its version
-        checkpoints.clear()  # the trained model is this step's artifact now; the checkpoints have done their job
-        self.next(self.evaluate)
+        self.next(self.evaluate)  # evaluate deletes the checkpoint once Metaflow has stored self.classifier
 
     @retry(times=1, minutes_between_retries=1)
     @card(type="blank", id="evaluation")
@@ -237,6 +236,8 @@ class ReviewFlow(FlowSpec):
         from steps.models import load_classifier, unpacked
         from steps.registry import CHAMPION, alias_version
 
+        if getattr(self, "trained_by", None):  # absent in runs made before it existed, which a resume may reuse
+            clear_training_checkpoints(self, self.trained_by)  # the trained model is an artifact now
         with step_run(self, "evaluate") as run, unpacked(self.classifier) as model_dir:
             champion = alias_version(run.client, self.registered_model, CHAMPION)
             evaluation = evaluate_test_split(
@@ -265,7 +266,7 @@ class ReviewFlow(FlowSpec):
         with step_run(self, "register") as run, unpacked(self.classifier) as model_dir:
             registration = register(
                 run.client, self.registered_model, model_dir, self.max_length,
-                metaflow_run=f"{current.flow_name}/{current.run_id}", trained_by=self.trained_by,
+                metaflow_run=f"{current.flow_name}/{current.run_id}", trained_by=getattr(self, "trained_by", None),
                 tags={"data_fingerprint": self.fingerprint, "base_model": self.model,
                       **version_tags(self.training_inputs),
                       **{f"test_{k}": self.test_metrics[k] for k in ("accuracy", "f1", "roc_auc")}},
@@ -282,18 +283,19 @@ class ReviewFlow(FlowSpec):
         from steps import tracking
         from steps.report import RunReport, mlflow_runs, script
 
-        fault_point()
-        trained = self.route != "unchanged"
-        report = RunReport(f"{current.flow_name}/{current.run_id}", script(__file__), self.tracking_uri,
-                           self.mlflow_run_id, datastore_root(self), self.validation, self.retrain_reason,
-                           *((self.split_sizes, self.test_metrics, self.champion_comparison, self.registration,
-                              self.gate_verdict["champion_version"]) if trained else ()))
-        report.experiment_id, report.mlflow_runs = mlflow_runs(self.tracking_uri, self.mlflow_run_id)
-        self.run_summary = "\n".join(report.lines())
-        tracking.StepRun(tracking.client(self.tracking_uri), self.mlflow_run_id).text(self.run_summary, "summary.txt")
-        tracking.finish_flow_run(self.tracking_uri, self.mlflow_run_id, outcome=self.route,
-                                  metaflow_run=report.metaflow_run)
-        print(self.run_summary)
+        with closing_flow_run(self):
+            trained = self.route != "unchanged"
+            report = RunReport(f"{current.flow_name}/{current.run_id}", script(__file__), self.tracking_uri,
+                               self.mlflow_run_id, datastore_root(self), self.validation, self.retrain_reason,
+                               *((self.split_sizes, self.test_metrics, self.champion_comparison, self.registration,
+                                  self.gate_verdict["champion_version"]) if trained else ()))
+            report.experiment_id, report.mlflow_runs = mlflow_runs(self.tracking_uri, self.mlflow_run_id)
+            self.run_summary = "\n".join(report.lines())
+            parent = tracking.StepRun(tracking.client(self.tracking_uri), self.mlflow_run_id)
+            parent.text(self.run_summary, "summary.txt")
+            tracking.finish_flow_run(self.tracking_uri, self.mlflow_run_id, outcome=self.route,
+                                      metaflow_run=report.metaflow_run)
+            print(self.run_summary)
 
 
 if __name__ == "__main__":

@@ -58,7 +58,11 @@ def mlflow_runs(tracking_uri: str, parent_run_id: str) -> tuple[str, dict]:
     parent = mlflow_client.get_run(parent_run_id)
     experiment = parent.info.experiment_id
     runs = {"": {"run_id": parent_run_id, "artifact_uri": parent.info.artifact_uri}}
-    for child in mlflow_client.search_runs([experiment], f"tags.mlflow.parentRunId = '{parent_run_id}'"):
+    children = mlflow_client.search_runs([experiment], f"tags.mlflow.parentRunId = '{parent_run_id}'",
+                                         order_by=["attributes.start_time ASC"])
+    # After a @retry or a resume a step has several runs (FAILED, KILLED, then FINISHED): name the newest
+    # finished one, which holds the step's artifacts; a step with no finished run, its newest attempt.
+    for child in sorted(children, key=lambda r: (r.info.status == "FINISHED", r.info.start_time)):
         runs[child.info.run_name] = {"run_id": child.info.run_id, "artifact_uri": child.info.artifact_uri}
     return experiment, runs
 

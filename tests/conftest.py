@@ -18,10 +18,13 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
 # pytest runs two workers (pytest.ini: -n 2); on a 2-core machine each gets one thread, or OpenMP threads spin
-# waiting for a peer that is not scheduled (README: Threads on a shared machine).
-_THREADS = "1" if os.environ.get("PYTEST_XDIST_WORKER") else "2"
-os.environ.setdefault("OMP_NUM_THREADS", _THREADS)
-os.environ.setdefault("MKL_NUM_THREADS", _THREADS)
+# waiting for a peer that is not scheduled (README: Threads on a shared machine). The xdist controller loads
+# this file first and the workers inherit its environment, so what the user set is remembered before any
+# default is applied; a thread count the user set wins.
+if "REVIEWFLOW_TEST_USER_THREADS" not in os.environ:
+    os.environ["REVIEWFLOW_TEST_USER_THREADS"] = os.environ.get("OMP_NUM_THREADS", "")
+_THREADS = os.environ["REVIEWFLOW_TEST_USER_THREADS"] or ("1" if os.environ.get("PYTEST_XDIST_WORKER") else "2")
+os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = _THREADS
 os.environ["TQDM_DISABLE"] = "1"
 os.environ["GIT_PYTHON_REFRESH"] = "quiet"
 

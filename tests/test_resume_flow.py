@@ -171,8 +171,10 @@ def test_every_hop_breaks_at_its_step_and_reruns_only_from_the_step_that_broke_b
         else:
             assert hop.returncode != 0 and f"Step {broken} (task-id" in hop.log and "Workflow failed." in hop.log
             assert f"{FAIL_AT}: injected fault at {fault.split(',')[-1]} (raise, attempt 0)" in hop.log
-            if broken not in ("start", "end"):  # a crash in a step says how to continue this very run
+            if broken != "start":  # a crash in a step says how to continue this very run
                 assert f"review_flow.py resume --origin-run-id {hop.run_id}" in hop.log, hop.log
+            if broken in RETRIED:  # ... once its retries are spent; before that, that it will be retried
+                assert f"/{broken}/" in hop.log and "failed on attempt 1 of 2; @retry runs it again." in hop.log
         retried = re.search(rf"\[{hop.run_id}/{broken}/\d+ \(pid \d+\)\] Task is starting \(retry\)", hop.log)
         assert bool(retried) == (broken in RETRIED), hop.log  # @retry(times=0) and SIGKILLed runs: no retry
 
@@ -247,6 +249,9 @@ def test_one_mlflow_parent_run_holds_every_step_and_nothing_stays_running(chain)
         assert "/".join(child.data.tags["metaflow_pathspec"].split("/")[:2]) in lineage
         if child.info.status == "KILLED":
             assert "its process died before the step finished" in child.data.tags["reviewflow.closed_reason"]
+    finished_train = next(c for c in children if c.info.run_name == "train" and c.info.status == "FINISHED")
+    (summary_line,) = [line for line in hops[-1].log.splitlines() if "| MLflow train: " in line]
+    assert finished_train.info.run_id in summary_line  # the attempt that holds the curves, not a killed one
     assert "MLflow: step run train (ReviewFlow/" in hops[6].task_log("train")
     assert "was left RUNNING by a process that died; marked KILLED" in hops[6].task_log("train")
 

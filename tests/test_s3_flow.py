@@ -47,17 +47,13 @@ def s3_run(s3_server, tmp_path_factory, tiny_model_dir):
     return run, executing, f"sqlite:///{workdir / 'mlflow.db'}", prefix, env
 
 
-@pytest.fixture
-def s3_env(s3_server, monkeypatch):
-    for key, value in s3_server.env().items():
-        monkeypatch.setenv(key, value)
-
-
 def test_metaflow_artifacts_and_mlflow_model_land_in_the_bucket(s3_run, s3_server, s3_env):
     run, executing, uri, prefix, env = s3_run
     assert run.data.ingest_summary["rows"] == 400  # read from s3://.../input/ through boto3
     checkpoints = f"s3://{s3_server.bucket}/{prefix}/metaflow/reviewflow-checkpoints/ReviewFlow/{run.id}/train"
     assert f"checkpoint of epoch 1 saved to {checkpoints}" in executing.stdout  # epoch checkpoints in S3 too
+    # deleted by evaluate, once Metaflow had stored the trained model
+    assert not keys_under(s3_server, f"{prefix}/metaflow/reviewflow-checkpoints/ReviewFlow/{run.id}/train")
     metaflow_keys = keys_under(s3_server, f"{prefix}/metaflow/ReviewFlow/")
     assert any("/data/" in k for k in metaflow_keys)  # content-addressed artifacts
     mlflow_keys = keys_under(s3_server, f"{prefix}/mlflow/")

@@ -90,6 +90,11 @@ def test_unmapped_labels_stop_the_flow_at_ingest_and_nothing_is_registered(tmp_p
     assert registry_state(uri) == {}
     runs = step_runs(uri)
     assert runs["ingest"].info.status == "FAILED"
+    # ingest has @retry(times=2) for flaky storage; bad input is not read again, and leaves one MLflow run
+    assert output(executing).count("not run again, the previous attempt stopped on bad input") == 2
+    ingest_runs = [r for r in MlflowClient(tracking_uri=uri).search_runs([runs["ingest"].info.experiment_id])
+                   if r.info.run_name == "ingest"]
+    assert len(ingest_runs) == 1
 
 
 def test_failed_validation_registers_nothing_and_keeps_the_champion(champion_workdir, tmp_path, tiny_model_dir):
