@@ -477,15 +477,22 @@ def missing_columns_error(origin, columns, options: IngestOptions, delimiter: st
 # ---------------------------------------------------------------------------------------------- readers
 
 
+def _text_head(path: Path, fmt: InputFormat, options: IngestOptions, nothing: str) -> tuple[bytes, str]:
+    """The first bytes of a text file and its encoding; refuses an empty file (`nothing`: what it lacks) and
+    binary content."""
+    head = _read_head(path, fmt)
+    if not head.strip():
+        raise ReviewflowError(f"{path}: the file is empty ({nothing})")
+    encoding = _detect_encoding(path, head, options.encoding)
+    _reject_binary(path, head, encoding)
+    return head, encoding
+
+
 def _csv_chunks(path: Path, fmt: InputFormat, options: IngestOptions, columns: set | None, chunk_rows: int,
                 read: dict):
     import pandas as pd
 
-    head = _read_head(path, fmt)
-    if not head.strip():
-        raise ReviewflowError(f"{path}: the file is empty (no header, no rows)")
-    encoding = _detect_encoding(path, head, options.encoding)
-    _reject_binary(path, head, encoding)
+    head, encoding = _text_head(path, fmt, options, "no header, no rows")
     if fmt.kind == "tsv":
         delimiter, fields = "\t", [f.strip() for f in _header_fields(path, head, encoding, "\t")]
     else:
@@ -519,11 +526,7 @@ def _jsonl_chunks(path: Path, fmt: InputFormat, options: IngestOptions, columns:
                   read: dict):
     import pandas as pd
 
-    head = _read_head(path, fmt)
-    if not head.strip():
-        raise ReviewflowError(f"{path}: the file is empty (no records)")
-    encoding = _detect_encoding(path, head, options.encoding)
-    _reject_binary(path, head, encoding)
+    head, encoding = _text_head(path, fmt, options, "no records")
     read.update(encoding=encoding)
     first = head.decode(encoding, errors="replace").lstrip("\ufeff \t\r\n")[:1]
     seen: list[str] = []  # a column missing from a later chunk is a column of nulls there, not a missing column

@@ -58,8 +58,7 @@ def mlflow_runs(tracking_uri: str, parent_run_id: str) -> tuple[str, dict]:
     parent = mlflow_client.get_run(parent_run_id)
     experiment = parent.info.experiment_id
     runs = {"": {"run_id": parent_run_id, "artifact_uri": parent.info.artifact_uri}}
-    children = mlflow_client.search_runs([experiment], f"tags.mlflow.parentRunId = '{parent_run_id}'",
-                                         order_by=["attributes.start_time ASC"])
+    children = mlflow_client.search_runs([experiment], f"tags.mlflow.parentRunId = '{parent_run_id}'")
     # After a @retry or a resume a step has several runs (FAILED, KILLED, then FINISHED): name the newest
     # finished one, which holds the step's artifacts; a step with no finished run, its newest attempt.
     for child in sorted(children, key=lambda r: (r.info.status == "FINISHED", r.info.start_time)):

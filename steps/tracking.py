@@ -144,24 +144,20 @@ class StepRun:
         self.text(json.dumps(obj, indent=2, default=str), name)
 
     def text(self, text: str, name: str) -> None:
-        with tempfile.TemporaryDirectory() as tmp:
-            target = Path(tmp) / Path(name).name
-            target.write_text(text)
-            subdir = str(Path(name).parent) if str(Path(name).parent) != "." else None
-            self.artifact(target, subdir)
+        self._file(name, lambda target: target.write_text(text))
 
     def image(self, png: bytes, name: str) -> None:
         """PNG bytes as the artifact `name` (e.g. plots/roc_curve.png)."""
-        with tempfile.TemporaryDirectory() as tmp:
-            target = Path(tmp) / Path(name).name
-            target.write_bytes(png)
-            subdir = str(Path(name).parent) if str(Path(name).parent) != "." else None
-            self.artifact(target, subdir)
+        self._file(name, lambda target: target.write_bytes(png))
 
     def frame(self, frame, name: str) -> None:
+        self._file(name, lambda target: frame.to_csv(target, index=False))
+
+    def _file(self, name: str, write) -> None:
+        """Log the artifact `name` (a path such as plots/roc.png: folder and file name) that `write(path)` makes."""
         with tempfile.TemporaryDirectory() as tmp:
             target = Path(tmp) / Path(name).name
-            frame.to_csv(target, index=False)
+            write(target)
             subdir = str(Path(name).parent) if str(Path(name).parent) != "." else None
             self.artifact(target, subdir)
 

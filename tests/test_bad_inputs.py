@@ -282,7 +282,7 @@ def test_bad_input_has_its_decided_outcome(case, tmp_path):
         assert re.search(case.message, got[1], re.S), got[1]
         return
     assert got[0] == "passed", got[1]
-    report, result = got[1], got[2]
+    report = got[1]
     counts = {reason: n for reason, n in report.reason_counts().items() if n}
     assert counts == case.quarantined
     assert len(report.clean) == case.rows

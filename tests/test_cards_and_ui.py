@@ -14,7 +14,7 @@ import pytest
 from mlflow import MlflowClient
 
 from tests import browser
-from tests.flow_runs import FLOWS, card_components, components_in_html, flow_env
+from tests.flow_runs import FLOWS, components_in_html, flow_env
 
 pytestmark = pytest.mark.flow
 

@@ -1,7 +1,6 @@
 """Skip-if-unchanged: the training signature and the decision against the champion's."""
 import json
 
-import pytest
 from mlflow import MlflowClient
 
 from steps import gate, registry, retrain, tracking
