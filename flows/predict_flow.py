@@ -7,8 +7,11 @@ start (read, pin the model version) -> predict (score in batches; GPU when prese
 The input is read like ReviewFlow's --data, but only `reviewText` is required. Each output row carries the
 input columns plus label (1 = positive), probability_positive (softmax) and model_name / model_version.
 """
-from common import flow_parameters, ship_library
 from metaflow import FlowSpec, Parameter, current, resources, step
+
+from flowkit.launch import main
+from flowkit.packaging import ship_library
+from flowkit.parameters import flow_parameters
 
 
 @ship_library
@@ -26,9 +29,9 @@ class PredictFlow(FlowSpec):
 
     @step
     def start(self):
-        from steps import tracking
-        from steps.ingest import load_texts
-        from steps.predict import check_output, resolve_model_uri
+        from steps.data.ingest import load_texts
+        from steps.lifecycle.predict import check_output, resolve_model_uri
+        from steps.runtime import tracking
 
         check_output(self.output)
         self.tracking_uri = tracking.resolve_tracking_uri()
@@ -44,8 +47,8 @@ class PredictFlow(FlowSpec):
     @resources(gpu=1, cpu=4, memory=16000)
     @step
     def predict(self):
-        from steps import tracking
-        from steps.predict import ResolvedModel, load_model, predict_frame, prediction_summary
+        from steps.lifecycle.predict import ResolvedModel, load_model, predict_frame, prediction_summary
+        from steps.runtime import tracking
 
         resolved = ResolvedModel(**self.model)
         tracking.client(self.tracking_uri)  # points MLflow (registry included) at the flow's store
@@ -55,8 +58,8 @@ class PredictFlow(FlowSpec):
 
     @step
     def end(self):
-        from steps import tracking
-        from steps.predict import write_predictions
+        from steps.lifecycle.predict import write_predictions
+        from steps.runtime import tracking
 
         path = write_predictions(self.predictions, self.output)
         run = tracking.StepRun(tracking.client(self.tracking_uri), self.mlflow_run_id)
@@ -64,8 +67,9 @@ class PredictFlow(FlowSpec):
         run.metrics(self.summary)
         run.flush()
         tracking.finish_flow_run(self.tracking_uri, self.mlflow_run_id)
-        print(f"Wrote {len(self.predictions)} rows to {path}: " + ", ".join(f"{k} {v}" for k, v in self.summary.items()))
+        print(f"Wrote {len(self.predictions)} rows to {path}: "
+              + ", ".join(f"{k} {v}" for k, v in self.summary.items()))
 
 
 if __name__ == "__main__":
-    PredictFlow()
+    main(PredictFlow)

@@ -10,10 +10,12 @@ its own registered model) on the test split of the ReviewFlow run that trained t
 --min-f1 and not regress by more than --max-regression. Every move is appended to the registered model's audit
 trail (tags audit.*): time, user, from, to, reason, this Metaflow run, the gate's result.
 """
-from common import flow_parameters, ship_library
 from metaflow import FlowSpec, Parameter, card, current, step
 
-from steps.gate import DEFAULT_MAX_REGRESSION, DEFAULT_MIN_F1
+from flowkit.launch import main
+from flowkit.packaging import ship_library
+from flowkit.parameters import flow_parameters, settings
+from schemas import LABEL_COLUMN, TEXT_COLUMN
 
 
 def test_split_of(metaflow_run: str):
@@ -21,7 +23,7 @@ def test_split_of(metaflow_run: str):
     from metaflow import Step, namespace
     from metaflow.exception import MetaflowException
 
-    from steps.errors import ReviewflowError
+    from steps.runtime.errors import ReviewflowError
 
     namespace(None)  # the run may belong to another user
     try:
@@ -34,6 +36,7 @@ def test_split_of(metaflow_run: str):
 
 
 @ship_library
+@settings("registered-model", "min-f1", "max-regression")
 class PromoteFlow(FlowSpec):
     version = Parameter("version", default="",
                         help="Version to make champion: a number, or an alias such as challenger.")
@@ -43,17 +46,12 @@ class PromoteFlow(FlowSpec):
     rollback = Parameter("rollback", default=False, type=bool, is_flag=True,
                          help="Move champion back to the previous champion (per the audit trail).")
     history = Parameter("history", default=False, type=bool, is_flag=True, help="Only show the audit trail.")
-    registered_model = Parameter("registered-model", default="review-classifier",
-                                 help="Name of the model in the MLflow model registry.")
-    min_f1 = Parameter("min-f1", default=DEFAULT_MIN_F1, type=float,
-                       help="Gate floor: the version's test F1 must be at least this.")
-    max_regression = Parameter("max-regression", default=DEFAULT_MAX_REGRESSION, type=float,
-                               help="Gate: the version's F1 may be at most this much below the champion's.")
 
     @step
     def start(self):
-        from steps import gate, tracking
-        from steps.errors import ReviewflowError
+        from steps.evaluation import gate
+        from steps.runtime import tracking
+        from steps.runtime.errors import ReviewflowError
 
         chosen = [name for name, on in (("--version", bool(self.version)), ("--rollback", self.rollback),
                                         ("--history", self.history)) if on]
@@ -70,8 +68,9 @@ class PromoteFlow(FlowSpec):
     @card(type="blank", id="audit")
     @step
     def move(self):
-        from cards import history_card
-        from steps import promotion, tracking
+        from flowkit.cards.audit import history_card
+        from steps.lifecycle import promotion
+        from steps.runtime import tracking
 
         mlflow_client = tracking.client(self.tracking_uri)
         name, pathspec = self.registered_model, f"{current.flow_name}/{current.run_id}"
@@ -97,7 +96,7 @@ class PromoteFlow(FlowSpec):
         self.next(self.end)
 
     def promote_version(self, mlflow_client, name, pathspec):
-        from steps import promotion
+        from steps.lifecycle import promotion
 
         version = promotion.resolve_version(mlflow_client, name, self.version)
         verdict = None
@@ -105,8 +104,8 @@ class PromoteFlow(FlowSpec):
             run_tag = mlflow_client.get_model_version(name, str(version)).tags.get("metaflow_run", "")
             try:
                 rows = test_split_of(run_tag)
-                verdict, _ = promotion.check_gate(mlflow_client, name, version, rows["reviewText"].tolist(),
-                                                  rows["isPositive"].to_numpy(), self.min_f1, self.max_regression)
+                verdict, _ = promotion.check_gate(mlflow_client, name, version, rows[TEXT_COLUMN].tolist(),
+                                                  rows[LABEL_COLUMN].to_numpy(), self.min_f1, self.max_regression)
             except Exception as err:  # a forced move goes ahead without a verdict; a gated one cannot
                 if not self.force:
                     raise
@@ -119,7 +118,7 @@ class PromoteFlow(FlowSpec):
 
     @step
     def end(self):
-        from steps.promotion import history_lines
+        from steps.lifecycle.promotion import history_lines
 
         if self.moved:
             m = self.moved
@@ -132,4 +131,4 @@ class PromoteFlow(FlowSpec):
 
 
 if __name__ == "__main__":
-    PromoteFlow()
+    main(PromoteFlow)

@@ -3,11 +3,11 @@
 Both files live beside this module; code and the suite read them from here and nowhere else.
 The contract (reviews_contract.json) is the one source of truth for column names, dtypes, label values and
 size bounds. The suite names the contract's columns and takes every value it shares with the contract
-(`{"$PARAMETER": name}`) from `suite_parameters()`, which reads the contract; tests/test_contract.py checks that
+(`{"$PARAMETER": name}`) from `suite_parameters()`, which reads the contract; tests/data/test_contract.py checks that
 the two agree.
 """
 import json
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -15,10 +15,16 @@ CONTRACT_PATH = HERE / "reviews_contract.json"
 SUITE_PATH = HERE / "reviews_suite.json"
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_contract() -> dict:
     """The canonical schema: column names, dtypes, which are required, allowed label values."""
     return json.loads(CONTRACT_PATH.read_text())
+
+
+# The canonical column names, read from the contract: code names columns through these, never literally.
+TEXT_COLUMN: str = load_contract()["text_column"]
+LABEL_COLUMN: str = load_contract()["label_column"]
+GROUP_COLUMN: str = load_contract()["group_column"]
 
 
 def load_suite() -> dict:

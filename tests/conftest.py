@@ -1,12 +1,10 @@
 """Shared test setup: offline, quiet, few threads; a tiny DistilBERT and small review files built here."""
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+ROOT = Path(__file__).resolve().parent.parent  # on sys.path through pyproject.toml's pytest `pythonpath`
 
 # Tests never reach the network: no Hub downloads, no telemetry.
 # One fixed Metaflow user whoever runs the suite (CI sets its own USERNAME; Metaflow prefers METAFLOW_USER and
@@ -17,8 +15,8 @@ os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
-# pytest runs two workers (pytest.ini: -n 2); on a 2-core machine each gets one thread, or OpenMP threads spin
-# waiting for a peer that is not scheduled (README: Threads on a shared machine). The xdist controller loads
+# pytest runs two workers (pyproject.toml: -n 2); on a 2-core machine each gets one thread, or OpenMP threads spin
+# waiting for a peer that is not scheduled (docs/benchmarks.md: Threads on a shared machine). The xdist controller loads
 # this file first and the workers inherit its environment, so what the user set is remembered before any
 # default is applied; a thread count the user set wins.
 if "REVIEWFLOW_TEST_USER_THREADS" not in os.environ:
@@ -71,7 +69,7 @@ def finished_review_flow(finished_review_flow_once):
 @pytest.fixture(scope="module")
 def classifier_dir(tiny_model_dir, tmp_path_factory) -> str:
     """The tiny model as a saved classifier (weights + tokenizer), as the train step packs it."""
-    from steps.models import load_classifier, load_tokenizer
+    from steps.training.models import load_classifier, load_tokenizer
 
     path = tmp_path_factory.mktemp("classifier")
     load_classifier(str(tiny_model_dir)).save_pretrained(path)

@@ -24,7 +24,7 @@ def flow_env(workdir: Path, **extra) -> dict:
         "TOKENIZERS_PARALLELISM": "false",
         "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"),
         "TQDM_DISABLE": "1",
-        "PYTHONPATH": str(ROOT),
+        "PYTHONPATH": f"{ROOT}:{FLOWS}",  # the library, and flows/flowkit for flows outside flows/
     }
     env.update({k: str(v) for k, v in extra.items()})
     return env
@@ -47,9 +47,11 @@ def run_flow(flow_file: str, workdir: Path, env: dict | None = None, top_level: 
 
 def open_run(pathspec: str, workdir: Path):
     """The metaflow Run `pathspec` of a flow run in `workdir` (see runner); safe after flows ran elsewhere."""
-    from metaflow import Run
+    from metaflow import Run, metadata, namespace
 
-    return Run(pathspec, _namespace_check=False, _current_metadata=f"local@{workdir}")
+    metadata(f"local@{workdir}")
+    namespace(None)
+    return Run(pathspec)
 
 
 def card_components(task, card_id: str) -> list[dict]:
@@ -73,13 +75,13 @@ def components_in_html(html: str, what: str = "the card") -> list[dict]:
         except ValueError:
             continue
         if isinstance(data, dict) and "components" in data:
-            flat = []
-
-            def walk(items):
-                for item in items:
-                    flat.append(item)
-                    walk(item.get("contents", []))
-
-            walk(data["components"])
-            return flat
+            return _flatten(data["components"])
     raise AssertionError(f"no card data found in {what}")
+
+
+def _flatten(components: list[dict]) -> list[dict]:
+    flat = []
+    for item in components:
+        flat.append(item)
+        flat.extend(_flatten(item.get("contents", [])))
+    return flat

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import runpy
 import subprocess
 import sys
 import tempfile
@@ -20,11 +21,13 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
+runpy.run_path(str(ROOT / "flows" / "flowkit" / "__init__.py"))  # puts the library on sys.path, as for the flows
 
-WORDS = ("the this player phone camera battery screen it is was and a very after week my with product sound "
-         "quality great excellent love perfect amazing happy works recommend best solid terrible broken awful "
-         "hate refund worst useless poor returned junk charger cable light fast slow price value box").split()
+WORDS = ["the", "this", "player", "phone", "camera", "battery", "screen", "it", "is", "was", "and", "a", "very",
+         "after", "week", "my", "with", "product", "sound", "quality", "great", "excellent", "love", "perfect",
+         "amazing", "happy", "works", "recommend", "best", "solid", "terrible", "broken", "awful", "hate", "refund",
+         "worst", "useless", "poor", "returned", "junk", "charger", "cable", "light", "fast", "slow", "price",
+         "value", "box"]
 
 
 def write_data(path: Path, rows: int, fmt: str, seed: int = 0) -> None:
@@ -75,9 +78,10 @@ def peak_rss_mb() -> float:
 def measure(path: str, with_drift: bool) -> dict:
     figures = {}
     start = time.perf_counter()
-    from steps.ingest import load_reviews
-    from steps.validate import validate_reviews
     import great_expectations  # noqa: F401  (import cost counted apart from the work)
+
+    from steps.data.ingest import load_reviews
+    from steps.data.validate import validate_reviews
 
     figures["imports_s"] = round(time.perf_counter() - start, 1)
     figures["rss_after_imports_mb"] = round(peak_rss_mb())
@@ -92,15 +96,16 @@ def measure(path: str, with_drift: bool) -> dict:
     figures.update(rows=len(result.frame), clean=len(report.clean), quarantined=report.quarantined,
                    passed=report.success, reasons={k: v for k, v in report.reason_counts().items() if v})
     if with_drift:
-        from steps.drift import compare_to_profile, training_profile
-        from steps.models import DEFAULT_MODEL, load_tokenizer
-        from steps.tokenize import encode
+        from steps.data.drift import compare_to_profile, training_profile
+        from steps.training.models import DEFAULT_MODEL, load_tokenizer
+        from steps.training.tokenize import encode
 
         tokenizer = load_tokenizer(DEFAULT_MODEL)
         reference = report.clean.sample(n=min(50_000, len(report.clean)), random_state=1)
         half = len(reference) // 2
         train, held_out = reference.iloc[:half], reference.iloc[half:]
-        tokens = [encode(f["reviewText"].tolist(), f["isPositive"].to_numpy(), tokenizer, 128) for f in (train, held_out)]
+        tokens = [encode(f["reviewText"].tolist(), f["isPositive"].to_numpy(), tokenizer, 128)
+                  for f in (train, held_out)]
         profile = training_profile(train, tokens[0], tokens[1], tokenizer, DEFAULT_MODEL, 128)
         start = time.perf_counter()
         drift = compare_to_profile(profile, report.clean, tokenizer, champion_version=1)

@@ -8,7 +8,7 @@ reviewId, test 20%, random_state 0) with batch 16, lr 5e-5, AdamW (weight decay 
 of the steps then linear decay, gradient clipping at 1.0, all weights trained, in its own fresh process
 with the same number of threads:
 
-- reviewflow: steps/train.py (length-bucketed batches, dynamic padding, fused AdamW; bf16 on CUDA).
+- reviewflow: steps/training/loop.py (length-bucketed batches, dynamic padding, fused AdamW; bf16 on CUDA).
 - hf_trainer: transformers.Trainer with DataCollatorWithPadding and train_sampling_strategy="group_by_length"
   (its defaults otherwise: fused AdamW; bf16 on CUDA).
 - lab_loop: the notebook's loop: every review padded to max_length (128), DataLoader(shuffle=True),
@@ -29,13 +29,14 @@ import argparse
 import json
 import os
 import resource
+import runpy
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
+runpy.run_path(str(ROOT / "flows" / "flowkit" / "__init__.py"))  # puts the library on sys.path, as for the flows
 
 CONTENDERS = ("reviewflow", "hf_trainer", "lab_loop")
 JSON_KEYS = ("contender", "train_samples_per_s", "real_tokens_per_s", "peak_rss_mb", "accuracy", "f1")
@@ -55,7 +56,8 @@ def parse_args(argv=None):
                         help="intra-op threads for every contender (default: $OMP_NUM_THREADS or 2)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--compile", action="store_true", help="reviewflow with --compile (and Trainer torch_compile)")
-    parser.add_argument("--precision", default="auto", help="reviewflow's --precision (auto: fp32 on CPU, bf16 on CUDA)")
+    parser.add_argument("--precision", default="auto",
+                        help="reviewflow's --precision (auto: fp32 on CPU, bf16 on CUDA)")
     parser.add_argument("--contenders", default=",".join(CONTENDERS))
     parser.add_argument("--rows", type=int, default=0, help="use only the first N rows (quick checks)")
     parser.add_argument("--seed", type=int, default=0)
@@ -78,7 +80,7 @@ def load_split(args):
     if args.rows:
         frame = frame.head(args.rows)
     frame = frame.dropna(subset=["reviewText"]).reset_index(drop=True)
-    groups = frame["reviewId"] if "reviewId" in frame else frame.index
+    groups = frame.get("reviewId", frame.index)
     train_idx, test_idx = next(GroupShuffleSplit(n_splits=1, test_size=0.2, random_state=0).split(frame, groups=groups))
     return frame.iloc[train_idx].reset_index(drop=True), frame.iloc[test_idx].reset_index(drop=True)
 
@@ -86,7 +88,7 @@ def load_split(args):
 def load_model_and_tokenizer(args):
     import torch
 
-    from steps.models import load_classifier, load_tokenizer
+    from steps.training.models import load_classifier, load_tokenizer
 
     tokenizer = load_tokenizer("minilm")  # BERT uncased vocabulary (30,522), the same as DistilBERT's
     torch.manual_seed(args.seed)  # the same initial head (and random encoder on CUDA) for every contender
@@ -114,8 +116,8 @@ def count_flops(model, lengths) -> float:
     config = model.config
     embedding = sum(p.numel() for n, p in model.named_parameters() if "embeddings" in n)
     non_embedding = sum(p.numel() for p in model.parameters()) - embedding
-    layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layers")
-    width = getattr(config, "hidden_size", None) or getattr(config, "dim")
+    layers = getattr(config, "num_hidden_layers", None) or config.n_layers
+    width = getattr(config, "hidden_size", None) or config.dim
     lengths = np.asarray(lengths, dtype=np.float64)
     return 6.0 * non_embedding * lengths.sum() + 12.0 * layers * width * (lengths ** 2).sum()
 
@@ -157,8 +159,9 @@ def gpu_bf16_peak(args) -> tuple[float, str]:
 
 
 def score(model, tokenizer, test, args) -> dict:
-    from steps.evaluate import classification_metrics, predict_proba
-    from steps.tokenize import encode
+    from steps.evaluation.evaluate import predict_proba
+    from steps.evaluation.metrics import classification_metrics
+    from steps.training.tokenize import encode
 
     tokens = encode(test["reviewText"].tolist(), test["isPositive"].to_numpy(), tokenizer, args.max_length)
     import torch
@@ -170,8 +173,9 @@ def score(model, tokenizer, test, args) -> dict:
 
 # --- contenders: each returns (train seconds, extra diagnostics) ----------------------------------------------
 def run_reviewflow(model, tokenizer, train, args):
-    from steps.tokenize import encode
-    from steps.train import TrainConfig, train_classifier
+    from steps.training.config import TrainConfig
+    from steps.training.loop import train_classifier
+    from steps.training.tokenize import encode
 
     tokens = encode(train["reviewText"].tolist(), train["isPositive"].to_numpy(), tokenizer, args.max_length)
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr, seed=args.seed,
@@ -246,7 +250,7 @@ def worker(args) -> None:
     """One contender in this (fresh) process; prints its JSON line last on stdout."""
     import torch
 
-    from steps.tokenize import encode
+    from steps.training.tokenize import encode
 
     torch.set_num_threads(args.threads)
     train, test = load_split(args)

@@ -1,0 +1,32 @@
+"""The cards people look at (`python flows/<flow>.py card view <run>/<step>`): Metaflow card components built from
+the results of steps/.
+
+    training.py    the train step: epochs, per-step curves, out-of-memory back-offs, resumed epochs
+    evaluation.py  the evaluate step: test metrics, the champion on the same rows, slices, plots, confident errors
+    validation.py  the validate step: verdict, failed checks, expectations, quarantine, drift
+    audit.py       PromoteFlow: the champion and the audit trail
+
+Review texts are untrusted: they reach a card only as table cells (rendered as text), shortened by `short`.
+"""
+from __future__ import annotations
+
+
+def fmt(value) -> str:
+    """A metric for a table cell: 4 decimals, or thousands separators for large numbers."""
+    if isinstance(value, float):
+        return f"{value:.4f}" if abs(value) < 1000 else f"{value:,.0f}"
+    return "" if value is None else str(value)
+
+
+def one_decimal(value) -> str:
+    return "" if value is None else f"{value:,.1f}"
+
+
+def short(value, limit: int) -> str:
+    """A cell's text on one line, at most `limit` characters (then "..."); missing values are empty."""
+    import pandas as pd
+
+    if value is None or (pd.api.types.is_scalar(value) and pd.isna(value)):  # None, NaN, <NA>, NaT
+        return ""
+    text = " ".join(str(value).split())
+    return text if len(text) <= limit else text[:limit] + "..."

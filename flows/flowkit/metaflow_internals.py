@@ -1,0 +1,53 @@
+"""The calls into Metaflow internals that reviewflow needs and Metaflow has no public API for. Only here.
+
+Each is pinned to the Metaflow version in requirements.txt; tests/flows/test_metaflow_internals.py runs a real
+flow through every one of them and fails naming the call when an upgrade changes it. Before moving the pin,
+look for a public replacement first.
+
+- the datastore a running task writes to (its type, local or s3, and its root): for the resume command a crashed
+  step prints, and to keep training checkpoints beside Metaflow's own artifacts. Public code sees only the
+  configured default, not a `--datastore` given on the command line.
+- how many times @retry reruns the running step (the decorators Metaflow keeps on a step function): a crashed
+  step says whether @retry will run it again or prints the resume command.
+- a choice type for a Parameter (rejected at parse time, with the allowed values): Metaflow builds its command
+  line with its vendored click, whose Choice is the one type `metaflow.Runner` and Argo Workflows both accept.
+- rendering a card synchronously: Metaflow renders a task's cards when the task succeeds, and
+  `current.card.refresh()` renders in a background process that Metaflow kills when the task fails. A step
+  that explains a failure in its card (validate, on bad data) must write it before it raises.
+"""
+from __future__ import annotations
+
+from metaflow import current
+
+PINNED_METAFLOW = "2.19.39"
+
+
+def datastore_type(flow) -> str:
+    """'local' or 's3': the datastore this task writes its artifacts to."""
+    return flow._datastore.TYPE
+
+
+def datastore_root(flow) -> str:
+    """Where this run's Metaflow artifacts are: the datastore root (a directory, or s3://...)."""
+    return flow._datastore._storage_impl.datastore_root
+
+
+def render_card_now(card_id: str) -> None:
+    """Write the card `card_id` of the running task now, and wait until it is written."""
+    current.card[card_id]._card_proc("render_runtime", sync=True)
+
+
+def retries_of_current_step(flow) -> int:
+    """How many times @retry reruns the current step (0 without @retry)."""
+    step_function = getattr(type(flow), current.step_name)
+    return max([int(d.attributes.get("times", 0)) for d in getattr(step_function, "decorators", [])
+                if d.name == "retry"] or [0])
+
+
+def choice_type(values):
+    """A Parameter type that accepts only `values` (strings) when the command line is parsed."""
+    from metaflow._vendor import click
+
+    choice = click.Choice(list(values))
+    choice.__name__ = "str"  # Argo Workflows records a Parameter's type by its __name__
+    return choice

@@ -1,0 +1,105 @@
+"""The promotion gate: may a candidate version become `champion`? A pure decision, no I/O.
+
+A candidate passes when BOTH hold:
+  1. floor:         candidate F1 >= min_f1
+  2. no regression: candidate F1 - champion F1 >= -max_regression, both scored on the same test rows
+                    (trivially true when there is no champion yet)
+The verdict keeps its inputs and one human-readable reason per rule, and turns into model-version tags.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+from steps import settings
+
+DEFAULT_MIN_F1 = settings.default("min-f1")
+DEFAULT_MAX_REGRESSION = settings.default("max-regression")
+# F1 values are ratios of small integers computed the same way for both models; this only absorbs
+# float noise so that two equally good models compare as equal, it never hides a real difference.
+TOLERANCE = 1e-9
+
+
+@dataclass
+class GateVerdict:
+    passed: bool
+    reasons: list[str]
+    candidate_f1: float
+    min_f1: float
+    max_regression: float
+    champion_version: int | None = None
+    champion_f1: float | None = None
+    f1_delta: float | None = None
+    extra: dict = field(default_factory=dict)  # e.g. McNemar p-value, test rows: recorded, not decided on
+
+    def tags(self) -> dict:
+        """Model-version tags: gate=passed|failed, the reasons, and every input the decision used."""
+        tags = {
+            "gate": "passed" if self.passed else "failed",
+            "gate.reasons": "; ".join(self.reasons),
+            "gate.candidate_f1": f"{self.candidate_f1:.6f}",
+            "gate.min_f1": str(self.min_f1),
+            "gate.max_regression": str(self.max_regression),
+            "gate.champion_version": "none" if self.champion_version is None else str(self.champion_version),
+        }
+        if self.champion_f1 is not None:
+            tags["gate.champion_f1"] = f"{self.champion_f1:.6f}"
+        if self.f1_delta is not None:
+            tags["gate.f1_delta"] = f"{self.f1_delta:+.6f}"
+        tags.update({f"gate.{k}": str(v) for k, v in self.extra.items()})
+        return tags
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def check_thresholds(min_f1: float, max_regression: float) -> None:
+    settings.check({"min-f1": min_f1, "max-regression": max_regression})
+
+
+def check_promote_mode(mode: str) -> None:
+    settings.check({"promote": mode})
+
+
+def judge(candidate_f1: float, min_f1: float = DEFAULT_MIN_F1, max_regression: float = DEFAULT_MAX_REGRESSION,
+           champion_f1: float | None = None, champion_version: int | None = None,
+           extra: dict | None = None) -> GateVerdict:
+    """The verdict for a candidate with test F1 `candidate_f1` against the champion's F1 on the same rows."""
+    check_thresholds(min_f1, max_regression)
+    reasons = []
+    if candidate_f1 is None or not math.isfinite(candidate_f1):
+        return GateVerdict(False, [f"candidate F1 is not a number ({candidate_f1}); nothing to judge"],
+                           float("nan"), min_f1, max_regression, champion_version, champion_f1, None, extra or {})
+    clears_floor = candidate_f1 >= min_f1 - TOLERANCE
+    reasons.append(f"F1 {candidate_f1:.4f} {'>=' if clears_floor else '<'} floor {min_f1:g}")
+    delta = None
+    if champion_version is None:
+        no_regression = True
+        reasons.append("no champion to compare with")
+    elif champion_f1 is None or not math.isfinite(champion_f1):
+        no_regression = False
+        reasons.append(f"champion v{champion_version} could not be scored on the same test rows")
+    else:
+        delta = candidate_f1 - champion_f1
+        no_regression = delta >= -max_regression - TOLERANCE
+        reasons.append(f"F1 {delta:+.4f} vs champion v{champion_version} ({champion_f1:.4f}): "
+                       f"{'within' if no_regression else 'exceeds'} the allowed regression {max_regression:g}")
+    return GateVerdict(clears_floor and no_regression, reasons, float(candidate_f1), min_f1, max_regression,
+                       champion_version, champion_f1, delta, extra or {})
+
+
+def judge_evaluation(test_metrics: dict, champion_version: int | None, comparison: dict | None,
+                            min_f1: float = DEFAULT_MIN_F1,
+                            max_regression: float = DEFAULT_MAX_REGRESSION) -> GateVerdict:
+    """The gate for a freshly evaluated model: its test F1, and the champion's F1 on the same test rows.
+
+    `champion_version` is the champion when evaluation started; `comparison`
+    (steps.evaluation.metrics.compare_with_champion) is None when there was no champion, or when it could not be
+    scored (then the gate fails).
+    """
+    extra = {"test_rows": test_metrics.get("rows")}
+    champion_f1 = None
+    if comparison is not None:
+        champion_f1 = comparison["champion"]["f1"]
+        extra["mcnemar_p_value"] = f"{comparison['mcnemar']['p_value']:.4g}"
+    return judge(test_metrics["f1"], min_f1, max_regression, champion_f1, champion_version, extra)

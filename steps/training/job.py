@@ -1,0 +1,32 @@
+"""The train step's job: load the encoder with a fresh head, train it (steps/training/loop.py), log what happened,
+and pack the trained classifier (weights + tokenizer) into one artifact."""
+from __future__ import annotations
+
+
+def fine_tune(run, model: str, tokens: dict, config, checkpoints=None):
+    """(TrainResult, the classifier as tar bytes, training plots {file name: PNG}) for `model` on `tokens`."""
+    import tempfile
+
+    from steps.evaluation.plots import training_plots
+    from steps.training.device import seed_everything
+    from steps.training.loop import train_classifier
+    from steps.training.models import load_classifier, load_tokenizer, pack_directory
+
+    run.params(config.as_params())
+    seed_everything(config.seed)  # the new classification head's initial weights come from the seed
+    classifier = load_classifier(model)
+    result = train_classifier(classifier, tokens["train"], tokens["validation"], config,
+                              on_step=lambda step, metrics: run.metrics(metrics, step=step), checkpoints=checkpoints)
+    for epoch in result.history:
+        run.metrics(epoch, step=epoch["epoch"])
+    run.metrics({k: v for k, v in result.summary().items() if isinstance(v, (int, float))})
+    if result.class_weights:
+        run.params({f"class_weight_{i}": w for i, w in enumerate(result.class_weights)})
+    plots = training_plots(result)
+    for name, png in plots.items():
+        run.image(png, f"plots/{name}")
+    with tempfile.TemporaryDirectory() as tmp:
+        classifier.save_pretrained(tmp)
+        load_tokenizer(model).save_pretrained(tmp)
+        packed = pack_directory(tmp)
+    return result, packed, plots

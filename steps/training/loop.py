@@ -1,0 +1,376 @@
+"""The training loop: fine-tune a sequence classifier on tokenized reviews.
+
+    for each epoch:                                   Trainer.run
+        for each optimizer step (length-bucketed):    Trainer.train_epoch
+            forward/backward its micro-batches        Trainer.optimizer_step
+            clip, update, schedule
+        validate, keep the best weights, maybe stop   Trainer.end_epoch
+        checkpoint                                    Trainer.save_checkpoint
+    restore the best epoch's weights
+
+The engine: length-bucketed batches with dynamic padding; AdamW (fused) with linear warmup and decay; gradient
+clipping and accumulation; bf16 autocast on CUDA (fp16 with a grad scaler where bf16 is missing), fp32 on CPU
+unless bf16 is asked for; SDPA attention where the model has it; optional torch.compile; per-epoch validation
+with early stopping; `--freeze-encoder`; inverse-frequency class weights. The same code runs on CPU and CUDA.
+
+Two things make it hard to lose progress:
+- Out of memory (CUDA): the optimizer step that ran out is discarded and redone with half the micro-batch and
+  twice the accumulation. The reviews of every optimizer step are fixed by the sampler, so the effective batch,
+  the data order and the learning-rate schedule are unchanged.
+- Checkpoints: after every epoch the whole training state (steps/training/state.py) goes to a CheckpointStore.
+  A retried or resumed job given the same store continues after the last finished epoch; on CPU with a fixed
+  seed the continuation is bit-identical to a run that was never interrupted.
+"""
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+
+from steps.runtime import faults
+from steps.runtime.errors import ReviewflowError
+from steps.training import setup
+from steps.training.batching import bucketed_batches, collate, micro_batches, sorted_batches
+from steps.training.config import TrainConfig, TrainResult
+from steps.training.device import (
+    autocast_dtype,
+    free_memory,
+    is_out_of_memory,
+    pick_device,
+    precision_name,
+    seed_everything,
+)
+from steps.training.state import TrainingState, cpu_state_dict, resume_key
+
+
+def train_classifier(
+    model,
+    train_tokens,
+    val_tokens,
+    config: TrainConfig,
+    on_step: Callable[[int, dict], None] | None = None,
+    log: Callable[[str], None] = print,
+    checkpoints=None,
+    after_epoch: Callable[[int], None] | None = None,
+    before_micro_batch: Callable[[int, int], None] | None = None,
+    progress: str | None = None,
+) -> TrainResult:
+    """Fine-tune `model` in place and return what happened; the best epoch's weights are kept.
+
+    checkpoints: a steps.training.checkpoints.CheckpointStore; training resumes from it and saves to it every epoch.
+    on_step(step, metrics): per optimizer step (train_loss, learning_rate, micro_batch_size).
+    after_epoch(epoch): after an epoch is finished and checkpointed.
+    before_micro_batch(step, rows): before every forward pass (tests inject out-of-memory errors here).
+    progress: "bar", "lines" (a line every ~10 s) or "quiet" (the epoch lines only); default: steps/runtime/progress.py.
+    `val_tokens` may be None: then no validation, no early stopping, and the last epoch is kept.
+    """
+    config.validate()
+    seed_everything(config.seed)
+    trainer = Trainer(model, train_tokens, val_tokens, config, log=log, checkpoints=checkpoints, on_step=on_step,
+                      after_epoch=after_epoch, before_micro_batch=before_micro_batch, progress=progress)
+    return trainer.run()
+
+
+class Trainer:
+    """One training job: the model, its optimizer and schedule, and where it stands (a TrainingState)."""
+
+    def __init__(self, model, train_tokens, val_tokens, config: TrainConfig, log=print, checkpoints=None,
+                 on_step=None, after_epoch=None, before_micro_batch=None, progress=None):
+        import torch
+
+        self.model, self.train, self.val, self.config = model, train_tokens, val_tokens, config
+        self.log, self.checkpoints, self.progress = log, checkpoints, progress
+        self.on_step, self.after_epoch, self.before_micro_batch = on_step, after_epoch, before_micro_batch
+        self.device = pick_device(config.device)
+        self.dtype = autocast_dtype(self.device, config.precision)
+        self.scaler = torch.amp.GradScaler("cuda") if self.dtype == torch.float16 else None
+        if config.freeze_encoder:
+            setup.freeze_encoder(model)
+        model.to(self.device)
+        self.trainable = [p for p in model.parameters() if p.requires_grad]
+        num_labels = int(getattr(model.config, "num_labels", 2))
+        self.class_weights = (setup.inverse_frequency_weights(train_tokens.labels, num_labels)
+                              if config.class_weights == "auto" else None)
+        self.loss_weight = torch.tensor(self.class_weights, device=self.device) if self.class_weights else None
+        self.compiled = config.compile
+        self.forward = torch.compile(model, dynamic=True) if config.compile else model
+        self.steps_per_epoch = math.ceil(len(train_tokens) / config.effective_batch)
+        self.total_steps = self.steps_per_epoch * config.epochs
+        self.warmup_steps = int(config.warmup_ratio * self.total_steps)
+        self.optimizer = setup.optimizer(model, config, self.device)
+        self.scheduler = setup.linear_warmup_decay(self.optimizer, self.warmup_steps, self.total_steps)
+        self.state = TrainingState(micro_batch_size=config.batch_size)
+
+    # --- the job ---------------------------------------------------------------------------------------------
+    def run(self) -> TrainResult:
+        if self.checkpoints is not None:
+            self.resume()  # replaces self.state with the checkpoint's
+        config, state = self.config, self.state
+        self.describe()
+        while state.epoch < config.epochs and not state.stopped_early:
+            started = time.perf_counter()
+            metrics = self.train_epoch()
+            self.end_epoch(metrics, started)
+            if self.checkpoints is not None:
+                self.save_checkpoint()
+            if self.after_epoch:
+                self.after_epoch(state.epoch)
+            faults.inject(f"train/after_epoch_{state.epoch}")  # test hook; nothing unless a test sets it
+        if state.best_weights is not None and state.best_epoch != state.epoch:
+            self.log(f"restoring the weights of epoch {state.best_epoch} (lowest val_loss {state.best_loss:.4f})")
+            self.model.load_state_dict(state.best_weights)
+        self.model.to("cpu")
+        return self.result()
+
+    def train_epoch(self) -> dict:
+        """One pass over the training rows in length-bucketed optimizer steps; returns the epoch's metrics."""
+        import torch
+
+        from steps.runtime.progress import Progress
+
+        state, config, lengths = self.state, self.config, self.train.lengths
+        epoch = state.epoch + 1
+        self.model.train()
+        batches = bucketed_batches(lengths, config.effective_batch, seed=config.seed + epoch)
+        progress = Progress(f"train epoch {epoch}/{config.epochs}", len(batches), "steps", rate_unit="samples",
+                            log=self.log, mode=self.progress, finish_line=False)  # end_epoch logs the epoch
+        # Step losses stay on the device and are read in groups: one sync per group, not per step, on CUDA.
+        group = 1 if self.device.type == "cpu" else 20
+        pending, loss_sum, started = [], 0.0, time.perf_counter()
+
+        def report():
+            nonlocal loss_sum
+            values = torch.stack([loss for _, loss, _, _ in pending]).tolist()
+            for (step, _, lr, rows), value in zip(pending, values):
+                loss_sum += value * rows
+                state.step_history.add(step, value, lr, state.micro_batch_size)
+                if self.on_step:
+                    self.on_step(step, {"train_loss": value, "learning_rate": lr,
+                                        "micro_batch_size": state.micro_batch_size})
+            progress.update(len(pending), rated=sum(p[3] for p in pending),
+                            note=f"loss {sum(values) / len(values):.4f}")
+            pending.clear()
+
+        try:
+            for rows in batches:
+                step = state.steps + 1
+                lr = self.scheduler.get_last_lr()[0]
+                loss = self.optimizer_step(rows, step)
+                state.steps = step
+                state.samples += len(rows)
+                state.real_tokens += int(lengths[rows].sum())
+                pending.append((step, loss, lr, len(rows)))
+                if len(pending) >= group:
+                    report()
+            if pending:
+                report()
+        finally:
+            progress.close()
+        seconds = time.perf_counter() - started
+        state.train_seconds += seconds
+        state.epoch = epoch
+        return {"epoch": epoch, "train_loss": loss_sum / len(self.train),
+                "epoch_samples_per_s": round(len(self.train) / seconds, 2) if seconds else 0.0}
+
+    def optimizer_step(self, rows, step: int):
+        """Forward/backward over the micro-batches of one optimizer step, then clip and update.
+
+        Returns the step's loss (a 0-dim tensor: no device sync here). On out-of-memory the step's gradients
+        are dropped, the micro-batch is halved and the same rows are run again.
+        """
+        import torch
+
+        weights = self.class_weights
+        denominator = float(sum(weights[y] for y in self.train.labels[rows])) if weights else float(len(rows))
+        while True:
+            try:
+                loss = self.accumulate(rows, denominator, step)
+                break
+            except Exception as err:  # noqa: BLE001 - only OOM is handled, the rest re-raised
+                if not is_out_of_memory(err):
+                    raise
+                failed = self.state.micro_batch_size
+            self.back_off(failed, step)  # outside `except`: the traceback (and its tensors) is gone by now
+        if self.scaler:
+            self.scaler.unscale_(self.optimizer)
+        torch.nn.utils.clip_grad_norm_(self.trainable, self.config.max_grad_norm)
+        if self.scaler:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        return loss
+
+    def accumulate(self, rows, denominator: float, step: int):
+        """Forward and backward each micro-batch of the step's rows; gradients add up in the parameters."""
+        import torch
+
+        total = torch.zeros((), device=self.device)
+        pad = 8 if self.compiled else 1
+        for part in micro_batches(rows, self.state.micro_batch_size):
+            if self.before_micro_batch:
+                self.before_micro_batch(step, len(part))
+            ids, mask, labels = collate(self.train, part, self.device, pad_to_multiple_of=pad)
+            with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
+                logits = self.forward(input_ids=ids, attention_mask=mask).logits
+            # Summed over the micro-batch, divided by the whole step's rows (or class weights): the gradients
+            # add up to those of one batch of all the step's rows, whatever the micro-batch.
+            loss = torch.nn.functional.cross_entropy(logits.float(), labels, weight=self.loss_weight,
+                                                     reduction="sum") / denominator
+            (self.scaler.scale(loss) if self.scaler else loss).backward()
+            total += loss.detach()
+            self.state.padded_tokens += ids.numel()
+        return total
+
+    def back_off(self, failed: int, step: int) -> None:
+        """After out-of-memory: drop the step's gradients and halve the micro-batch (more accumulation)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        free_memory(self.device)
+        if failed <= 1:
+            raise ReviewflowError(
+                f"out of memory on {self.device} at optimizer step {step} with a micro-batch of 1 review: the model "
+                "does not fit even one review. Use a smaller --max-length or --model, or --freeze-encoder.")
+        state = self.state
+        state.micro_batch_size = failed // 2
+        state.oom_events.append({"epoch": state.epoch + 1, "step": step, "from": failed, "to": state.micro_batch_size})
+        self.log(f"out of memory at step {step} with micro-batch {failed}: continuing with micro-batch "
+                 f"{state.micro_batch_size} x {self.accumulation} accumulation (effective batch "
+                 f"{self.config.effective_batch} and the learning-rate schedule unchanged); redoing step {step}")
+
+    def end_epoch(self, metrics: dict, started: float) -> None:
+        """Validate, keep the best weights, decide on early stopping."""
+        config, state = self.config, self.state
+        if self.val is not None and len(self.val):
+            metrics.update(evaluate_loss(self.model, self.val, state.micro_batch_size * 2, self.device, self.dtype,
+                                         self.class_weights))
+        metrics["epoch_seconds"] = round(time.perf_counter() - started, 2)
+        state.history.append(metrics)
+        text = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k in ("train_loss", "val_loss", "val_accuracy"))
+        self.log(f"epoch {metrics['epoch']}/{config.epochs}: {text}  {metrics['epoch_samples_per_s']:.1f} samples/s  "
+                 f"({metrics['epoch_seconds']:.0f} s)")
+        score = metrics.get("val_loss", -metrics["epoch"])  # no validation set: the last epoch is the best
+        if score < state.best_loss:
+            state.best_loss, state.stale, state.best_epoch = score, 0, metrics["epoch"]
+            state.best_weights = cpu_state_dict(self.model)
+        else:
+            state.stale += 1
+            if config.patience and state.stale >= config.patience:
+                state.stopped_early = True
+                self.log(f"early stopping: val_loss has not improved for {state.stale} epoch(s)")
+
+    # --- checkpoints -----------------------------------------------------------------------------------------
+    def resume_key(self) -> dict:
+        return resume_key(self.config.trajectory(), self.train, self.model)
+
+    def save_checkpoint(self) -> None:
+        """Save the state; a failed save (storage down, disk full) is logged and training goes on."""
+        started, epoch = time.perf_counter(), self.state.epoch
+        try:
+            self.checkpoints.save(self.state.checkpoint(self.resume_key(), self.model, self.optimizer, self.scheduler,
+                                                        self.scaler, self.device))
+        except Exception as err:  # noqa: BLE001 - a checkpoint is insurance; losing one must not stop training
+            self.log(f"could not save the checkpoint of epoch {epoch} to {self.checkpoints.location} "
+                     f"({type(err).__name__}: {err}); training goes on, a restart now would begin from the "
+                     "previous checkpoint")
+            return
+        self.log(f"checkpoint of epoch {epoch} saved to {self.checkpoints.location} "
+                 f"({time.perf_counter() - started:.1f} s)")
+
+    def resume(self) -> None:
+        """Continue from the newest compatible checkpoint, if there is one."""
+        try:
+            found = self.checkpoints.load()
+        except Exception as err:  # noqa: BLE001 - an unreadable checkpoint must not kill the job
+            self.log(f"cannot read the checkpoint in {self.checkpoints.location} ({err}); starting from epoch 0")
+            return
+        if found is None:
+            return
+        checkpoint, location = found
+        expected, theirs = self.resume_key(), checkpoint.get("resume_key") or {}
+        if theirs != expected:
+            differs = sorted(k for k in expected if theirs.get(k) != expected[k])
+            self.log(f"ignoring the checkpoint in {location}: it was made with different {', '.join(differs)}; "
+                     "starting from epoch 0")
+            return
+        self.state = state = TrainingState.restore(checkpoint, self.model, self.optimizer, self.scheduler,
+                                                   self.scaler, self.device)
+        self.log(f"resuming from checkpoint epoch {state.epoch} ({location}): step {state.steps} of "
+                 f"{self.total_steps}, best epoch so far {state.best_epoch}, micro-batch {state.micro_batch_size}")
+
+    # --- what happened ---------------------------------------------------------------------------------------
+    @property
+    def accumulation(self) -> int:
+        return math.ceil(self.config.effective_batch / self.state.micro_batch_size)
+
+    def describe(self) -> None:
+        c, s = self.config, self.state
+        total = sum(p.numel() for p in self.model.parameters())
+        self.log(f"training on {self.device} ({precision_name(self.dtype)}, attention {self.attention}"
+                 f"{', torch.compile' if self.compiled else ''}): {len(self.train)} reviews, {c.epochs} epoch(s) of "
+                 f"{self.steps_per_epoch} steps; batch {c.effective_batch} = micro-batch {s.micro_batch_size} x "
+                 f"{self.accumulation} accumulation; {self.warmup_steps} warmup steps of {self.total_steps}")
+        if c.freeze_encoder:
+            self.log(f"--freeze-encoder: training only the classification head "
+                     f"({sum(p.numel() for p in self.trainable):,} of {total:,} parameters)")
+        if self.class_weights:
+            self.log("class weights (inverse frequency): " + ", ".join(
+                f"{self._label_name(i)} {w:.4f}" for i, w in enumerate(self.class_weights)))
+
+    @property
+    def attention(self) -> str:
+        return str(getattr(self.model.config, "_attn_implementation", "") or "eager")
+
+    def _label_name(self, index: int) -> str:
+        names = getattr(self.model.config, "id2label", None) or {}
+        return str(names.get(index, names.get(str(index), index)))
+
+    def result(self) -> TrainResult:
+        s, seconds = self.state, self.state.train_seconds
+        return TrainResult(
+            device=str(self.device), precision=precision_name(self.dtype), history=s.history,
+            best_epoch=s.best_epoch, steps=s.steps, train_seconds=seconds,
+            samples_per_s=s.samples / seconds if seconds else 0.0,
+            real_tokens_per_s=s.real_tokens / seconds if seconds else 0.0,
+            padding_share=1 - s.real_tokens / s.padded_tokens if s.padded_tokens else 0.0,
+            micro_batch_size=s.micro_batch_size, grad_accum=self.accumulation, oom_backoffs=s.oom_backoffs,
+            oom_events=s.oom_events, step_history=s.step_history.as_dict(), resumed_from_epoch=s.resumed_from_epoch,
+            resumed_at_step=s.resumed_at_step, stopped_early=s.stopped_early, class_weights=self.class_weights,
+            trainable_parameters=sum(p.numel() for p in self.trainable), attention=self.attention,
+            compiled=self.compiled)
+
+
+def evaluate_loss(model, tokens, batch_size: int, device, dtype=None, class_weights=None) -> dict:
+    """Mean cross-entropy (class-weighted when weights are given) and accuracy of `model` on `tokens`.
+
+    On CUDA out-of-memory the evaluation starts over with half the batch.
+    """
+    while True:
+        try:
+            return _evaluate_loss(model, tokens, batch_size, device, dtype, class_weights)
+        except Exception as err:  # noqa: BLE001 - only OOM is handled, the rest re-raised
+            if not is_out_of_memory(err) or batch_size == 1:
+                raise
+        batch_size //= 2
+        free_memory(device)
+
+
+def _evaluate_loss(model, tokens, batch_size, device, dtype, class_weights) -> dict:
+    import torch
+
+    model.eval()
+    weight = torch.tensor(class_weights, device=device) if class_weights else None
+    total_loss = torch.zeros((), device=device, dtype=torch.float64)
+    total_weight = torch.zeros((), device=device, dtype=torch.float64)
+    correct = torch.zeros((), device=device, dtype=torch.int64)
+    with torch.inference_mode():
+        for rows in sorted_batches(tokens.lengths, batch_size):
+            ids, mask, labels = collate(tokens, rows, device)
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                logits = model(input_ids=ids, attention_mask=mask).logits.float()
+            total_loss += torch.nn.functional.cross_entropy(logits, labels, weight=weight, reduction="sum")
+            total_weight += weight[labels].sum() if weight is not None else len(rows)
+            correct += (logits.argmax(-1) == labels).sum()
+    seen = max(len(tokens), 1)
+    return {"val_loss": (total_loss / total_weight.clamp(min=1e-12)).item(), "val_accuracy": correct.item() / seen}

