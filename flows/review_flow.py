@@ -34,9 +34,11 @@ class ReviewFlow(FlowSpec):
         from steps import settings
         from steps.runtime import tracking
         from steps.training.config import TrainConfig
+        from steps.training.models import check_max_length
 
         fault_point()
         settings.check(setting_values(self, *settings.GROUPS))  # also when started other than from the CLI
+        check_max_length(self.model, self.max_length)  # before any data is read, not deep in the encoder
         self.train_config = TrainConfig.from_values(setting_values(self, "training"))
         self.tracking_uri = tracking.resolve_tracking_uri()
         self.mlflow_run_id = tracking.start_flow_run(

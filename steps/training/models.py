@@ -19,6 +19,7 @@ from steps.runtime.errors import ReviewflowError
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 PACKAGED_ALIASES = {DEFAULT_MODEL, "all-MiniLM-L6-v2", "minilm"}
 LABELS = {0: "negative", 1: "positive"}
+POSITION_OFFSET_MODELS = {"roberta", "xlm-roberta", "camembert", "longformer", "bart", "mbart"}
 
 
 def packaged_minilm_path() -> str | None:
@@ -77,6 +78,29 @@ def _from_pretrained(loader, model: str, **kwargs):
             f"({DEFAULT_MODEL}) or a local directory saved with save_pretrained()."
         )
         raise ReviewflowError(f"--model {model}: cannot load from {source!r}: {err}\n{hint}") from None
+
+
+def position_limit(model: str) -> int:
+    """The most tokens per review `model` can take: its position embeddings (less the offset models like RoBERTa
+    reserve), and at most what its tokenizer declares."""
+    from transformers import AutoConfig
+
+    config = _from_pretrained(AutoConfig.from_pretrained, model)
+    limit = int(getattr(config, "max_position_embeddings", 0) or 0)
+    if limit and getattr(config, "model_type", "") in POSITION_OFFSET_MODELS:
+        limit -= int(config.pad_token_id or 0) + 1
+    declared = int(getattr(load_tokenizer(model), "model_max_length", 0) or 0)
+    if 0 < declared < 1_000_000:  # tokenizers without a limit declare a huge sentinel
+        limit = min(limit, declared) if limit else declared
+    return limit or 512
+
+
+def check_max_length(model: str, max_length: int) -> None:
+    """Refuse a --max-length the model cannot take (it would fail deep inside the encoder on long reviews)."""
+    limit = position_limit(model)
+    if not 1 <= max_length <= limit:
+        raise ReviewflowError(f"--max-length {max_length}: the model {model} takes 1 to {limit} tokens per review; "
+                              f"use a value in that range (longer reviews are truncated to it)")
 
 
 def load_tokenizer(model: str):

@@ -105,6 +105,15 @@ def _null_label(d):
     return write_csv(frame, d / "reviews.csv")
 
 
+def _blank_label_cells(d):
+    lines = good().to_csv(index=False).splitlines()
+    for row in (7, 8, 9):  # header is line 0: empty label cells, as a spreadsheet export writes them
+        text, _, _ = lines[row + 1].rpartition(",")
+        lines[row + 1] = f"{text},"
+    (d / "reviews.csv").write_text("\n".join(lines) + "\n")
+    return d / "reviews.csv"
+
+
 def _conflicting_duplicates(d):
     frame = good()
     frame.loc[10, "reviewText"] = frame.loc[11, "reviewText"] = "It works, I guess."
@@ -232,6 +241,7 @@ CASES = [
          r"blank_text 10"),
     Case("blank texts under the limit", _few_blank, "quarantine", quarantined={"blank_text": 2}, rows=98),
     Case("null labels", _null_label, "quarantine", quarantined={"missing_label": 2}, rows=98),
+    Case("blank label cells", _blank_label_cells, "quarantine", quarantined={"missing_label": 3}, rows=97),
     Case("duplicate texts with conflicting labels", _conflicting_duplicates, "quarantine",
          quarantined={"conflicting_labels": 2}, rows=98),
     Case("a 5 MB single review", _huge_review, "quarantine", quarantined={"text_too_long": 1}, rows=99),
@@ -312,3 +322,22 @@ def test_quarantine_rows_name_the_source_line_and_keep_the_row(tmp_path):
     _, report, _ = outcome(_few_blank(tmp_path), {})
     assert report.quarantine[["source_row", "reason"]].values.tolist() == [[6, "blank_text"], [51, "blank_text"]]
     assert report.quarantine["source_file"].str.endswith("reviews.csv").all()
+
+
+QUARANTINE_CASES = [c for c in CASES if c.outcome == "quarantine"]
+
+
+@pytest.mark.parametrize("case", QUARANTINE_CASES, ids=[c.name for c in QUARANTINE_CASES])
+def test_every_quarantine_reason_renders_in_the_validation_card(case, tmp_path):
+    """Whatever the dtype of the offending value (<NA> labels, NaN texts, 5 MB texts), the card renders."""
+    from flowkit.cards.validation import validation_card
+
+    _, report, _ = outcome(case.write(tmp_path), case.options)
+    rendered = [part.render() for part in validation_card(report, None, "run-1")]
+    quarantine_tables = [r for r in rendered if r.get("type") == "table"
+                         and r.get("columns", [])[:3] == ["file", "row", "reason"]]
+    assert len(quarantine_tables) == 1
+    rows = quarantine_tables[0]["data"]
+    assert len(rows) == min(report.quarantined, 10)
+    assert {str(r[2]) for r in rows} <= set(case.quarantined) | {"; ".join(sorted(case.quarantined))}
+    assert all(len(str(cell)) <= 100 for row in rows for cell in row)  # texts are shortened
