@@ -7,41 +7,49 @@ start (read, pin the model version) -> predict (score in batches; GPU when prese
 The input is read like ReviewFlow's --data, but only `reviewText` is required. Each output row carries the
 input columns plus label (1 = positive), probability_positive (softmax) and model_name / model_version.
 """
-from metaflow import FlowSpec, Parameter, current, resources, step
+from metaflow import FlowSpec, Parameter, config_expr, current, project, resources, step
 
 from flowkit.launch import main
 from flowkit.packaging import ship_library
-from flowkit.parameters import flow_parameters
+from flowkit.parameters import flow_parameters, settings
+from flowkit.project import deploy_config
 
 
 @ship_library
+@settings("registered-model")
+@project(name=config_expr("deploy.project"))
 class PredictFlow(FlowSpec):
+    deploy = deploy_config()
     data = Parameter("data", required=True,
                      help="Reviews to score: a CSV/TSV/Parquet/JSONL file, a directory of them, or sample:amazon. "
                           "Needs a reviewText column; isPositive is optional (then accuracy is reported).")
     output = Parameter("output", default="predictions.csv",
                        help="Where to write the scored rows: .csv, .parquet or .jsonl (relative to the current "
                             "directory).")
-    model_uri = Parameter("model-uri", default="models:/review-classifier@champion",
+    model_uri = Parameter("model-uri", default="",
                           help="Model to score with: models:/<name>@<alias>, models:/<name>/<version>, or any "
-                               "MLflow model URI. Aliases are pinned to a version before scoring.")
+                               "MLflow model URI; empty = the champion of this branch's registered model "
+                               "(--production: of --registered-model). Aliases are pinned to a version first.")
     batch_size = Parameter("batch-size", default=64, type=int, help="Reviews per forward pass.")
 
     @step
     def start(self):
         from steps.data.ingest import load_texts
+        from steps.lifecycle.environments import registered_model_name
         from steps.lifecycle.predict import check_output, resolve_model_uri
         from steps.runtime import tracking
 
         check_output(self.output)
         self.tracking_uri = tracking.resolve_tracking_uri()
-        self.model = resolve_model_uri(tracking.client(self.tracking_uri), self.model_uri).__dict__
+        branch_model = registered_model_name(self.registered_model, current.branch_name)
+        asked = self.model_uri or f"models:/{branch_model}@champion"
+        self.model = resolve_model_uri(tracking.client(self.tracking_uri), asked).__dict__
         self.reviews = load_texts(self.data)
         self.mlflow_run_id = tracking.start_flow_run(
             self.tracking_uri, current.flow_name, current.run_id, flow_parameters(self),
             tags={"model_uri": self.model["uri"]})
         print(f"Scoring {len(self.reviews)} reviews from {self.data} with {self.model['uri']} "
-              f"(asked for {self.model_uri}).")
+              f"(asked for {asked}).")
         self.next(self.predict)
 
     @resources(gpu=1, cpu=4, memory=16000)

@@ -7,31 +7,30 @@ start -> ingest -> validate -> split -> tokenize -> train -> evaluate -> registe
 Each step calls the library in steps/ and logs a nested MLflow run under the flow run's run. The options are the
 settings of steps/settings.py (`run --help` lists them). Retry policy: docs/when-things-break.md.
 """
-from metaflow import Config, FlowSpec, card, config_expr, current, project, resources, retry, schedule, step, trigger
+from metaflow import FlowSpec, card, config_expr, current, project, resources, retry, schedule, step, trigger
 
 from flowkit.checkpoints import clear_training_checkpoints, training_checkpoints
 from flowkit.launch import main
 from flowkit.metaflow_internals import datastore_root, render_card_now
 from flowkit.packaging import ship_library
 from flowkit.parameters import flow_parameters, setting_values, settings
+from flowkit.project import deploy_config
 from flowkit.step_runs import closing_flow_run, fault_point, step_run
 
 
 @ship_library
-@settings("data", "model", "training", "gate", "registry")
+@settings("data", "model", "training", "gate", "serving", "registry")
 @project(name=config_expr("deploy.project"))
 @schedule(cron=config_expr("deploy.schedule"))  # used once deployed (Argo Workflows / Step Functions)
 @trigger(event=config_expr("deploy.event"))  # retrain when new reviews land (Argo Events)
 class ReviewFlow(FlowSpec):
-    deploy = Config("deploy", default_value={"project": "reviewflow", "schedule": "17 3 * * *",
-                                             "event": "reviews_landed"},
-                    help="Deployment settings: project name, cron schedule, trigger event. Override with "
-                         "--config deploy FILE.json or --config-value deploy '{...}'.")
+    deploy = deploy_config()
 
     @retry(times=0)
     @step
     def start(self):
         from steps import settings
+        from steps.lifecycle.environments import describe, registered_model_name
         from steps.runtime import tracking
         from steps.training.config import TrainConfig
         from steps.training.models import check_max_length
@@ -40,13 +39,15 @@ class ReviewFlow(FlowSpec):
         settings.check(setting_values(self, *settings.GROUPS))  # also when started other than from the CLI
         check_max_length(self.model, self.max_length)  # before any data is read, not deep in the encoder
         self.train_config = TrainConfig.from_values(setting_values(self, "training"))
+        self.model_name = registered_model_name(self.registered_model, current.branch_name)  # this branch's model
         self.tracking_uri = tracking.resolve_tracking_uri()
         self.mlflow_run_id = tracking.start_flow_run(
             self.tracking_uri, current.flow_name, current.run_id, flow_parameters(self))
         rows = "all rows" if not self.max_rows else f"{self.max_rows} rows"
         print(f"Plan: fine-tune {self.model} on {rows} of {self.data} for {self.epochs} epoch(s), "
               f"batch {self.batch_size}, lr {self.learning_rate}, max_length {self.max_length}, seed {self.seed}.\n"
-              f"MLflow: {self.tracking_uri} (run {self.mlflow_run_id}); registry name '{self.registered_model}'.")
+              f"MLflow: {self.tracking_uri} (run {self.mlflow_run_id}); registers into "
+              f"{describe(self.registered_model, current.branch_name)}.")
         self.next(self.ingest)
 
     @retry(times=2, minutes_between_retries=1)
@@ -74,15 +75,14 @@ class ReviewFlow(FlowSpec):
 
         with step_run(self, "validate") as run:
             report, drift = run_data_checks(run, self.reviews, self.review_origin, self.ingest_rejects,
-                                            self.max_bad_fraction, self.registered_model, self.seed)
+                                            self.max_bad_fraction, self.model_name, self.seed)
             current.card.extend(validation_card(report, drift, run.run_id, self.fail_on_drift))
             render_card_now("validation")  # a card also for a run that fails below
             require_valid(report, self.data)
             print(drift.describe())
             require_no_drift(drift, self.fail_on_drift)
             self.training_inputs = retrain.training_inputs(self.fingerprint, setting_values(self, *retrain.GROUPS))
-            decision = retrain.should_retrain(run.client, self.registered_model, self.training_inputs,
-                                              self.force_retrain)
+            decision = retrain.should_retrain(run.client, self.model_name, self.training_inputs, self.force_retrain)
             run.tags({"retrain": decision.route, "retrain_reason": decision.reason})
         self.clean, self.quarantine, self.validation = report.clean, report.quarantine, report.metrics()
         self.drift, self.retrain_reason, self.route = drift.as_dict(), decision.reason, decision.route
@@ -138,13 +138,16 @@ class ReviewFlow(FlowSpec):
     @step
     def evaluate(self):
         from flowkit.cards.evaluation import evaluation_card
-        from steps.evaluation.evaluate import evaluate_against_champion
+        from steps.evaluation.evaluate import evaluate_served_model
 
         clear_training_checkpoints(self, self.trained_by)  # the trained model is an artifact now
         with step_run(self, "evaluate") as run:
-            evaluation, verdict = evaluate_against_champion(
-                run, self.classifier, self.tokens["test"], self.test_rows, self.history, self.registered_model,
-                self.min_f1, self.max_regression)
+            evaluation, verdict, served = evaluate_served_model(
+                run, self.mlflow_run_id, self.classifier, self.tokens["test"], self.test_rows, self.history,
+                self.model_name, max_length=self.max_length, trained_by=self.trained_by,
+                gate_settings=setting_values(self, "gate", exclude=("promote",), python_names=True),
+                serving_backend=self.serving_backend, cuda_precision=self.train_summary["precision"])
+        self.served_model = served.__dict__  # the logged model that was scored: register registers exactly it
         self.gate_verdict = verdict.as_dict()  # plain data: readable with the Metaflow client anywhere
         self.test_probabilities, self.test_metrics = evaluation.probabilities, evaluation.metrics
         self.test_slices, self.champion_comparison = evaluation.slices, evaluation.comparison
@@ -156,14 +159,15 @@ class ReviewFlow(FlowSpec):
     @step
     def register(self):
         from steps.lifecycle.registry import register_trained_model
+        from steps.serving.package import ServedModel
 
+        served = ServedModel(**self.served_model)
         with step_run(self, "register") as run:
             registration = register_trained_model(
-                run, self.registered_model, self.classifier, self.max_length,
-                metaflow_run=f"{current.flow_name}/{current.run_id}", trained_by=self.trained_by,
-                data_fingerprint=self.fingerprint, base_model=self.model, training_inputs=self.training_inputs,
-                test_metrics=self.test_metrics, verdict=self.gate_verdict, promote_mode=self.promote,
-                training_profile=self.training_profile)
+                run, self.model_name, served.model_uri, metaflow_run=f"{current.flow_name}/{current.run_id}",
+                trained_by=self.trained_by, serving_tags=served.tags(), data_fingerprint=self.fingerprint,
+                base_model=self.model, training_inputs=self.training_inputs, test_metrics=self.test_metrics,
+                verdict=self.gate_verdict, promote_mode=self.promote, training_profile=self.training_profile)
         self.registration = registration.__dict__
         self.next(self.end)
 
@@ -178,7 +182,9 @@ class ReviewFlow(FlowSpec):
                 f"{current.flow_name}/{current.run_id}", __file__, self.tracking_uri, self.mlflow_run_id,
                 datastore_root(self), self.validation, self.retrain_reason,
                 *((self.split_sizes, self.test_metrics, self.champion_comparison, self.registration,
-                   self.gate_verdict["champion_version"]) if trained else ()))
+                   self.gate_verdict["champion_version"]) if trained else ()),
+                registered_model=self.registered_model, branch=current.branch_name,
+                served=self.served_model if trained else None)
             print(self.run_summary)
 
 

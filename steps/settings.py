@@ -8,8 +8,8 @@ engine's `TrainConfig` (steps/training/config.py) and the retrain signature (ste
 settings with `training_input=True`, which is the default, plus the data fingerprint and the code version).
 
 Groups: `data` (what to read and how to check it), `model` (the encoder and what it sees), `training` (the
-engine: these become TrainConfig's fields), `gate` (the promotion rules), `registry` (where the model goes and
-what happens around training).
+engine: these become TrainConfig's fields), `gate` (the promotion rules), `serving` (what the registered model runs on),
+`registry` (where the model goes and what happens around training).
 """
 from __future__ import annotations
 
@@ -154,13 +154,20 @@ SETTINGS: tuple[Setting, ...] = (
     _s("max-regression", float, 0.0, "Gate: the new version's test F1 may be at most this much below the "
        "champion's on the same test rows (0 = must not be worse).", "gate", range=Range(0, 1),
        training_input=False),
+    _s("require-significance", float, 0.0, "Gate: with a champion, promote only a better model whose difference "
+       "on the paired test predictions is significant, McNemar's exact p below this (e.g. 0.05; 0 = off).", "gate",
+       range=Range(0, 1, high_open=True), training_input=False),
+    # --- serving: what the registered model runs on -------------------------------------------------------------
+    _s("serving-backend", str, "auto", "What the registered model serves with: auto (the fastest of torch, onnx and "
+       "onnx-int8 that passed its parity check on the test rows), or one of them.", "serving",
+       choices=("auto", "torch", "onnx", "onnx-int8"), training_input=False),
     # --- registry: where the model goes, and whether to train at all -----------------------------------------------
     _s("registered-model", str, DEFAULT_REGISTERED_MODEL, "Name of the model in the MLflow model registry.",
        "registry", training_input=False),
     _s("force-retrain", bool, False, "Train even when the data, model and training settings equal the champion's "
        "(otherwise such a run ends after validation).", "registry", training_input=False),
 )
-GROUPS = ("data", "model", "training", "gate", "registry")
+GROUPS = ("data", "model", "training", "gate", "serving", "registry")
 BY_NAME = {s.name: s for s in SETTINGS}
 
 

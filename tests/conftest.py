@@ -122,17 +122,17 @@ for _name in ("AWS_ENDPOINT_URL_S3", "METAFLOW_S3_ENDPOINT_URL", "MLFLOW_S3_ENDP
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
     """A real S3 server (SeaweedFS `weed mini`) on 127.0.0.1 for the whole session, with bucket `reviewflow`."""
-    from infra.local import services
+    from infra.local import processes, s3
 
     try:
-        services._which_weed()
-    except services.ServiceError as err:
+        s3.which_weed()
+    except processes.ServiceError as err:
         pytest.skip(f"S3 tests need the SeaweedFS binary: {err}")
     reader = {"name": "reader", "credentials": [{"accessKey": "readonlykey", "secretKey": "readonly-secret-xyz"}],
               "actions": ["Read"]}
-    server = services.start_s3(tmp_path_factory.mktemp("seaweedfs"), extra_identities=[reader])
+    server = s3.start_s3(tmp_path_factory.mktemp("seaweedfs"), extra_identities=[reader])
     yield server
-    services.stop_pid(server.pid)
+    processes.stop_pid(server.pid)
 
 
 @pytest.fixture

@@ -52,3 +52,12 @@ def build_tiny_distilbert(directory: Path) -> Path:
     DistilBertModel(config).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
+
+
+def served_model_uri(classifier_dir, trained_by: str = "tests", max_length: int = 32) -> str:
+    """Log `classifier_dir` as a served model (PyTorch only: no ONNX export) in the active MLflow run; its URI.
+    What the evaluate step does before register, without the ONNX variants that most tests do not need."""
+    from steps.serving.package import log_served_model
+
+    return log_served_model(str(classifier_dir), [], [], max_length=max_length, trained_by=trained_by,
+                            variants=False, log=lambda _: None).model_uri

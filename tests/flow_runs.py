@@ -7,6 +7,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 FLOWS = ROOT / "flows"
 
+TEST_USER = "reviewflow-tests"  # every flow the tests start runs as this Metaflow user (tests/conftest.py)
+# What those runs register into: their @project branch's model (steps/lifecycle/environments.py)
+BRANCH_MODEL = f"review-classifier.user.{TEST_USER}"
+
 # Small and fast: the tiny model learns the synthetic sentiment words in a few epochs at a high rate.
 TINY_TRAINING = {"epochs": 4, "batch_size": 16, "learning_rate": 3e-3, "max_length": 32}
 

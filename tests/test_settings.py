@@ -46,7 +46,7 @@ def test_the_retrain_signature_covers_exactly_the_settings_declared_as_training_
     values = {s.name: s.default for s in settings.SETTINGS}
     inputs = retrain.training_inputs("f" * 64, values)
     declared = {s.name for s in settings.SETTINGS if s.training_input}
-    assert set(inputs) == declared | {"data_fingerprint"}
+    assert set(inputs) == declared | {"data_fingerprint", "code"}  # and the training code's version
     assert {s.group for s in settings.SETTINGS if s.training_input} <= set(retrain.GROUPS)
     # a new setting is a training input unless it says otherwise
     assert settings.Setting("new-knob", int, 1, "help", "training").training_input

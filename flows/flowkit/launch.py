@@ -14,6 +14,7 @@ def _login_name() -> str:
 
 def prepare_environment() -> None:
     """Set what every process of a flow run needs; the step processes Metaflow starts inherit it."""
+    from flowkit.metaflow_internals import ensure_local_datastore
     from steps.runtime.progress import mark_launch_from_terminal
 
     # Metaflow refuses to run without a user name, and does not accept "root" as one; containers and CI often
@@ -27,6 +28,7 @@ def prepare_environment() -> None:
     # them.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    ensure_local_datastore()  # two flows started at once in a fresh directory would race to create it
     mark_launch_from_terminal()  # launched from a terminal: the steps print progress lines (steps/runtime/progress.py)
 
 

@@ -11,6 +11,9 @@ look for a public replacement first.
   step says whether @retry will run it again or prints the resume command.
 - a choice type for a Parameter (rejected at parse time, with the allowed values): Metaflow builds its command
   line with its vendored click, whose Choice is the one type `metaflow.Runner` and Argo Workflows both accept.
+- where a local run's datastore is: Metaflow looks for a `.metaflow` folder from the current directory upwards
+  and creates one in the current directory if there is none; two flows started at once in a fresh directory
+  both try to create it and one dies (FileExistsError). Creating it first, idempotently, removes the race.
 - rendering a card synchronously: Metaflow renders a task's cards when the task succeeds, and
   `current.card.refresh()` renders in a background process that Metaflow kills when the task fails. A step
   that explains a failure in its card (validate, on bad data) must write it before it raises.
@@ -51,3 +54,22 @@ def choice_type(values):
     choice = click.Choice(list(values))
     choice.__name__ = "str"  # Argo Workflows records a Parameter's type by its __name__
     return choice
+
+
+def ensure_local_datastore() -> None:
+    """Create the `.metaflow` folder Metaflow would create in the current directory, before it races to.
+
+    Only where Metaflow would create it: no METAFLOW_DATASTORE_SYSROOT_LOCAL, and no `.metaflow` folder in
+    this directory or above.
+    """
+    import os
+    from pathlib import Path
+
+    from metaflow.metaflow_config import DATASTORE_LOCAL_DIR, DATASTORE_SYSROOT_LOCAL
+
+    if DATASTORE_SYSROOT_LOCAL:
+        return
+    here = Path.cwd().resolve()
+    if any((folder / DATASTORE_LOCAL_DIR).is_dir() for folder in (here, *here.parents)):
+        return
+    os.makedirs(here / DATASTORE_LOCAL_DIR, exist_ok=True)

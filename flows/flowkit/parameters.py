@@ -43,6 +43,8 @@ def flow_parameters(flow) -> dict:
     return {name.replace("_", "-"): getattr(flow, name) for name in current.parameter_names}
 
 
-def setting_values(flow, *groups: str) -> dict:
-    """The run's values of the settings of `groups`, by option name."""
-    return {s.name: getattr(flow, s.attr) for s in catalog.in_groups(*groups)}
+def setting_values(flow, *groups: str, exclude: tuple = (), python_names: bool = False) -> dict:
+    """The run's values of the settings of `groups` (but not `exclude`), by option name (min-f1) or, with
+    `python_names`, by Python name (min_f1: to pass them as keyword arguments)."""
+    return {(s.attr if python_names else s.name): getattr(flow, s.attr)
+            for s in catalog.in_groups(*groups) if s.name not in exclude}

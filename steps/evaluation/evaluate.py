@@ -42,14 +42,24 @@ def predict_proba(model, tokens, batch_size: int = 64, device=None):
     return probs
 
 
-def score_registered_model(model_uri: str, texts, batch_size: int = 64):
-    """Positive-class probabilities of a registered model (its own pyfunc: its tokenizer, its max_length)."""
-    import mlflow
+def served_probabilities(model, texts) -> object:
+    """Positive-class probabilities of a loaded pyfunc, through its own predict path (what serving runs)."""
     import pandas as pd
+    from mlflow.exceptions import MlflowException
 
-    model = mlflow.pyfunc.load_model(model_uri, model_config={"batch_size": batch_size})
-    out = model.predict(pd.DataFrame({TEXT_COLUMN: [str(t) for t in texts]}))
+    frame = pd.DataFrame({TEXT_COLUMN: [str(t) for t in texts]})
+    try:
+        out = model.predict(frame, params={"output": "probabilities"})
+    except MlflowException:  # a model registered by reviewflow 0.1 takes no params and returns both columns
+        out = model.predict(frame)
     return out["probability_positive"].to_numpy(dtype=float)
+
+
+def score_registered_model(model_uri: str, texts, batch_size: int = 64):
+    """Positive-class probabilities of a registered model (its own pyfunc: its tokenizer, backend, max_length)."""
+    import mlflow
+
+    return served_probabilities(mlflow.pyfunc.load_model(model_uri, model_config={"batch_size": batch_size}), texts)
 
 
 # --- the evaluate step -------------------------------------------------------------------------------------
@@ -65,6 +75,7 @@ class Evaluation:
     champion_error: str | None = None  # why the champion could not be scored
     plots: dict = field(default_factory=dict)  # file name -> PNG bytes
     confident_errors: list[dict] = field(default_factory=list)  # most_confident_errors(), most confident first
+    serving: dict = field(default_factory=dict)  # the served model: backend, why, each backend's parity figures
 
     def summary_lines(self, verdict=None) -> list[str]:
         m = self.metrics
@@ -88,17 +99,18 @@ class Evaluation:
         return out
 
 
-def evaluate_test_split(classifier, tokens, test_rows, history=None, champion_uri: str | None = None,
-                        champion_version: int | None = None, batch_size: int = 64) -> Evaluation:
-    """Score the test split with the trained classifier and, if there is one, with the champion (its own
-    pyfunc on the raw texts of the same rows); metrics, slices, calibration, comparison and plots."""
-    probs = predict_proba(classifier, tokens, batch_size)
-    labels = tokens.labels
+def evaluate_predictions(labels, probs, token_lengths, test_rows, history=None, champion_uri: str | None = None,
+                         champion_version: int | None = None, batch_size: int = 64) -> Evaluation:
+    """Metrics, slices, calibration and plots of the test split's probabilities `probs` and, if there is a
+    champion, the champion's on the same rows (scored through its own pyfunc on the raw texts) and the comparison."""
+    import numpy as np
+
+    labels = np.asarray(labels).astype(int)
     verified = test_rows["verified"] if "verified" in test_rows.columns else None
     evaluation = Evaluation(
         probabilities=probs,
         metrics=classification_metrics(labels, probs),
-        slices=slice_accuracy(labels, probs, tokens.lengths, verified),
+        slices=slice_accuracy(labels, probs, token_lengths, verified),
         calibration=calibration_bins(labels, probs),
         champion_version=champion_version,
         confident_errors=most_confident_errors(test_rows[TEXT_COLUMN].tolist(), labels, probs),
@@ -129,20 +141,53 @@ def log_evaluation(run, evaluation: Evaluation, verdict=None) -> None:
         run.tags(verdict.tags())
 
 
-def evaluate_against_champion(run, classifier: bytes, tokens, test_rows, history, registered_model: str,
-                              min_f1: float, max_regression: float):
-    """The evaluate step: score the packed classifier and the current champion of `registered_model` on the test
-    split, judge the promotion gate, log everything on the step's run. Returns (Evaluation, GateVerdict)."""
+def evaluate_served_model(run, parent_run_id: str, classifier: bytes, tokens, test_rows, history,
+                          registered_model: str, *, max_length: int, trained_by: str, gate_settings: dict,
+                          serving_backend: str = "auto", cuda_precision: str = "fp32"):
+    """The evaluate step. Log the trained classifier as the model that will be served (its ONNX variants checked
+    and the serving backend chosen: steps/serving/package.py), score the test split through that logged model's own
+    predict path and the current champion of `registered_model` through its own, judge the promotion gate, and
+    log it all: everything on the step's run, the test metrics on the LoggedModel (with the test dataset), the
+    headline ones and the gate on the flow's parent run. Returns (Evaluation, GateVerdict, ServedModel)."""
+    import mlflow
+
+    from schemas import LABEL_COLUMN
     from steps.evaluation.gate import judge_evaluation
     from steps.lifecycle.promotion import CHAMPION, alias_version
-    from steps.training.models import load_classifier, unpacked
+    from steps.serving.package import find_served_model, log_served_model
+    from steps.training.models import unpacked
 
+    texts, labels = test_rows[TEXT_COLUMN].astype(str).tolist(), test_rows[LABEL_COLUMN].to_numpy()
+    experiment_id = run.client.get_run(run.run_id).info.experiment_id
+    served = find_served_model(experiment_id, trained_by)
+    if served is None:
+        with unpacked(classifier) as model_dir:
+            served = log_served_model(model_dir, texts, labels, max_length=max_length, trained_by=trained_by,
+                                      backend=serving_backend, cuda_precision=cuda_precision)
+    else:
+        print(f"reusing the model an earlier attempt logged for {trained_by}: {served.model_uri} ({served.backend})")
+    probs = served_probabilities(mlflow.pyfunc.load_model(served.model_uri), texts)
     champion = alias_version(run.client, registered_model, CHAMPION)
-    with unpacked(classifier) as model_dir:
-        evaluation = evaluate_test_split(
-            load_classifier(model_dir), tokens, test_rows, history,
-            champion_uri=None if champion is None else f"models:/{registered_model}/{champion}",
-            champion_version=champion)
-    verdict = judge_evaluation(evaluation.metrics, champion, evaluation.comparison, min_f1, max_regression)
+    evaluation = evaluate_predictions(
+        labels, probs, tokens.lengths, test_rows, history,
+        champion_uri=None if champion is None else f"models:/{registered_model}/{champion}", champion_version=champion)
+    evaluation.serving = {"model_uri": served.model_uri, "backend": served.backend, "chosen_because": served.chose,
+                          "parity": served.parity}
+    verdict = judge_evaluation(evaluation.metrics, champion, evaluation.comparison, **gate_settings)
     log_evaluation(run, evaluation, verdict)
-    return evaluation, verdict
+    run.tags(served.tags())
+    test_set = mlflow.data.from_pandas(test_rows[[TEXT_COLUMN, LABEL_COLUMN]], name="test", targets=LABEL_COLUMN)
+    mlflow.log_metrics({f"test_{k}": float(v) for k, v in evaluation.metrics.items() if isinstance(v, (int, float))},
+                       model_id=served.model_id, dataset=test_set, run_id=run.run_id)
+    headline = {f"test_{k}": evaluation.metrics[k] for k in ("accuracy", "f1", "roc_auc")}
+    run.client.log_batch(parent_run_id, metrics=[_metric(k, v) for k, v in headline.items()])
+    run.client.set_tag(parent_run_id, "gate", verdict.tags()["gate"])
+    return evaluation, verdict, served
+
+
+def _metric(key: str, value: float):
+    import time
+
+    from mlflow.entities import Metric
+
+    return Metric(key, float(value), int(time.time() * 1000), 0)

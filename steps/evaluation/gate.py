@@ -1,9 +1,11 @@
 """The promotion gate: may a candidate version become `champion`? A pure decision, no I/O.
 
-A candidate passes when BOTH hold:
+A candidate passes when ALL hold:
   1. floor:         candidate F1 >= min_f1
   2. no regression: candidate F1 - champion F1 >= -max_regression, both scored on the same test rows
                     (trivially true when there is no champion yet)
+  3. significance (only with require_significance = P > 0, and a champion): the candidate's F1 is higher and
+                    McNemar's exact test on the paired test predictions gives p < P
 The verdict keeps its inputs and one human-readable reason per rule, and turns into model-version tags.
 """
 from __future__ import annotations
@@ -31,6 +33,7 @@ class GateVerdict:
     champion_f1: float | None = None
     f1_delta: float | None = None
     extra: dict = field(default_factory=dict)  # e.g. McNemar p-value, test rows: recorded, not decided on
+    require_significance: float = 0.0  # 0 = off; else the McNemar p-value a better candidate must stay below
 
     def tags(self) -> dict:
         """Model-version tags: gate=passed|failed, the reasons, and every input the decision used."""
@@ -42,6 +45,8 @@ class GateVerdict:
             "gate.max_regression": str(self.max_regression),
             "gate.champion_version": "none" if self.champion_version is None else str(self.champion_version),
         }
+        if self.require_significance:
+            tags["gate.require_significance"] = str(self.require_significance)
         if self.champion_f1 is not None:
             tags["gate.champion_f1"] = f"{self.champion_f1:.6f}"
         if self.f1_delta is not None:
@@ -62,10 +67,12 @@ def check_promote_mode(mode: str) -> None:
 
 
 def judge(candidate_f1: float, min_f1: float = DEFAULT_MIN_F1, max_regression: float = DEFAULT_MAX_REGRESSION,
-           champion_f1: float | None = None, champion_version: int | None = None,
-           extra: dict | None = None) -> GateVerdict:
-    """The verdict for a candidate with test F1 `candidate_f1` against the champion's F1 on the same rows."""
+          champion_f1: float | None = None, champion_version: int | None = None, extra: dict | None = None,
+          require_significance: float = 0.0, mcnemar_p: float | None = None) -> GateVerdict:
+    """The verdict for a candidate with test F1 `candidate_f1` against the champion's F1 on the same rows
+    (and, with `require_significance`, McNemar's p-value `mcnemar_p` on the paired predictions)."""
     check_thresholds(min_f1, max_regression)
+    settings.check({"require-significance": require_significance})
     reasons = []
     if candidate_f1 is None or not math.isfinite(candidate_f1):
         return GateVerdict(False, [f"candidate F1 is not a number ({candidate_f1}); nothing to judge"],
@@ -84,13 +91,19 @@ def judge(candidate_f1: float, min_f1: float = DEFAULT_MIN_F1, max_regression: f
         no_regression = delta >= -max_regression - TOLERANCE
         reasons.append(f"F1 {delta:+.4f} vs champion v{champion_version} ({champion_f1:.4f}): "
                        f"{'within' if no_regression else 'exceeds'} the allowed regression {max_regression:g}")
-    return GateVerdict(clears_floor and no_regression, reasons, float(candidate_f1), min_f1, max_regression,
-                       champion_version, champion_f1, delta, extra or {})
+    significant = True
+    if require_significance and delta is not None:
+        significant = delta > TOLERANCE and mcnemar_p is not None and mcnemar_p < require_significance
+        reasons.append(f"McNemar p = {'n/a' if mcnemar_p is None else f'{mcnemar_p:.4g}'} "
+                       f"{'<' if significant else 'not <'} {require_significance:g} for a better F1 "
+                       f"({'significant' if significant else 'not significant'}, --require-significance)")
+    return GateVerdict(clears_floor and no_regression and significant, reasons, float(candidate_f1), min_f1,
+                       max_regression, champion_version, champion_f1, delta, extra or {}, require_significance)
 
 
 def judge_evaluation(test_metrics: dict, champion_version: int | None, comparison: dict | None,
-                            min_f1: float = DEFAULT_MIN_F1,
-                            max_regression: float = DEFAULT_MAX_REGRESSION) -> GateVerdict:
+                     min_f1: float = DEFAULT_MIN_F1, max_regression: float = DEFAULT_MAX_REGRESSION,
+                     require_significance: float = 0.0) -> GateVerdict:
     """The gate for a freshly evaluated model: its test F1, and the champion's F1 on the same test rows.
 
     `champion_version` is the champion when evaluation started; `comparison`
@@ -98,8 +111,10 @@ def judge_evaluation(test_metrics: dict, champion_version: int | None, compariso
     scored (then the gate fails).
     """
     extra = {"test_rows": test_metrics.get("rows")}
-    champion_f1 = None
+    champion_f1 = mcnemar_p = None
     if comparison is not None:
         champion_f1 = comparison["champion"]["f1"]
-        extra["mcnemar_p_value"] = f"{comparison['mcnemar']['p_value']:.4g}"
-    return judge(test_metrics["f1"], min_f1, max_regression, champion_f1, champion_version, extra)
+        mcnemar_p = comparison["mcnemar"]["p_value"]
+        extra["mcnemar_p_value"] = f"{mcnemar_p:.4g}"
+    return judge(test_metrics["f1"], min_f1, max_regression, champion_f1, champion_version, extra,
+                 require_significance, mcnemar_p)

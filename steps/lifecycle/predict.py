@@ -74,7 +74,8 @@ def predict_frame(model, reviews, resolved: ResolvedModel, log=None, progress_mo
                   **({"log": log} if log is not None else {})) as progress:
         for start in range(0, len(reviews), CHUNK_ROWS):
             chunk = reviews.iloc[start:start + CHUNK_ROWS]
-            parts.append(model.predict(pd.DataFrame({TEXT_COLUMN: chunk[TEXT_COLUMN].fillna("").astype(str)})))
+            texts = pd.DataFrame({TEXT_COLUMN: chunk[TEXT_COLUMN].fillna("").astype(str)})
+            parts.append(model.predict(texts, params={"output": "probabilities"}))
             progress.update(len(chunk))
     scores = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(
         {"label": pd.Series(dtype="int64"), "probability_positive": pd.Series(dtype="float64")})

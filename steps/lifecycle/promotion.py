@@ -9,11 +9,12 @@ MLflow's 100,000-character tag limit however long the history grows, and an appe
 earlier entry, so no entry can be lost to a concurrent writer.
 
 Lock: without one, two processes promoting at once could both read champion v1 and both record "from v1".
-MLflow has no compare-and-set on aliases, but creating a registered model is atomic in every backend (the name
-is unique in the SQL store and behind `mlflow server`), so the lock is a registered model named
-`<name>.promotion-lock`: created to acquire, deleted to release. A lock older than `stale_after` seconds
-(its holder died) is broken; otherwise a waiter gives up after `timeout` seconds with a message saying who
-holds it.
+MLflow has no compare-and-set, but writing one tag is atomic and reading a registered model returns all its
+tags at once. That is enough for Lamport's bakery lock, kept in tags of the registered model itself (so no
+lock object ever shows up in the registry): a contender writes `reviewflow.lock.<id>` = "choosing", then its
+ticket (one more than the highest it sees), then waits until no other contender is choosing and none holds
+a smaller (ticket, id); it deletes its tag to release. An entry older than `stale_after` seconds (its holder
+died) is removed by whoever sees it; a waiter gives up after `timeout` seconds, saying who holds the lock.
 """
 from __future__ import annotations
 
@@ -33,7 +34,6 @@ from steps.runtime.errors import ReviewflowError
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 AUDIT_PREFIX = "audit."
-LOCK_SUFFIX = ".promotion-lock"
 REASON_LIMIT = 2000  # characters of a user's reason kept in an audit entry
 ACTIONS = ("auto", "promote", "force", "rollback")
 
@@ -88,8 +88,19 @@ def resolve_version(mlflow_client, name: str, version: str | int) -> int:
 
 
 # --- lock ----------------------------------------------------------------------------------------------------
-def lock_name(name: str) -> str:
-    return f"{name}{LOCK_SUFFIX}"
+LOCK_PREFIX = "reviewflow.lock."
+
+
+def _lock_entries(mlflow_client, name: str) -> dict[str, dict]:
+    """The promotion-lock entries in the tags of registered model `name`: {tag key: entry}."""
+    entries = {}
+    for key, value in mlflow_client.get_registered_model(name).tags.items():
+        if key.startswith(LOCK_PREFIX):
+            try:
+                entries[key] = json.loads(value)
+            except json.JSONDecodeError:
+                entries[key] = {"time": 0.0, "holder": "unreadable entry"}  # stale at once
+    return entries
 
 
 @contextmanager
@@ -98,43 +109,57 @@ def promotion_lock(mlflow_client, name: str, timeout: float = 120.0, stale_after
     """Hold the promotion lock of registered model `name` for the duration of the block."""
     from mlflow.exceptions import MlflowException
 
-    lock = lock_name(name)
+    key = f"{LOCK_PREFIX}{uuid.uuid4().hex[:16]}"
     holder = f"{current_user()}@{socket.gethostname()} pid {os.getpid()}"
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            mlflow_client.create_registered_model(
-                lock, tags={"holder": holder, "reviewflow.lock": "promotion"},
-                description=f"reviewflow promotion lock for '{name}'; deleted when the promotion ends")
-            break
-        except MlflowException as err:
-            if err.error_code not in ("RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST"):
-                raise
-        try:
-            held = mlflow_client.get_registered_model(lock)
-        except MlflowException:
-            continue  # released between our attempt and this look: try again at once
-        age = time.time() - held.creation_timestamp / 1000
-        if age > stale_after:
-            try:
-                mlflow_client.delete_registered_model(lock)  # its holder died mid-promotion
-            except MlflowException:
-                pass
-            continue
-        if time.monotonic() > deadline:
-            raise ReviewflowError(
-                f"registered model '{name}': another promotion holds the lock '{lock}' "
-                f"({held.tags.get('holder', 'unknown holder')}, {age:.0f} s). Wait for it and run again; if that "
-                f"process died, delete the registered model '{lock}' (MLflow UI or "
-                f"MlflowClient().delete_registered_model('{lock}')), or wait {stale_after:.0f} s for it to expire.")
-        time.sleep(poll * (0.5 + random.random()))
+
+    def write(**entry) -> None:
+        entry = {"holder": holder, "time": time.time(), **entry}
+        mlflow_client.set_registered_model_tag(name, key, json.dumps(entry, sort_keys=True))
+
     try:
+        write(choosing=True)
+    except MlflowException as err:
+        if err.error_code == "RESOURCE_DOES_NOT_EXIST":
+            raise ReviewflowError(f"registered model '{name}' does not exist in this MLflow store; nothing to "
+                                  "promote or roll back") from None
+        raise
+    try:
+        ticket = 1 + max((int(e.get("ticket", 0)) for k, e in _lock_entries(mlflow_client, name).items()
+                          if k != key), default=0)
+        write(ticket=ticket)
+        deadline = time.monotonic() + timeout
+        while True:
+            ahead = []
+            for other, entry in _lock_entries(mlflow_client, name).items():
+                if other == key:
+                    continue
+                age = time.time() - float(entry.get("time", 0.0))
+                if age > stale_after:  # its holder died mid-promotion
+                    _delete_tag(mlflow_client, name, other)
+                    continue
+                if entry.get("choosing") or (int(entry.get("ticket", 0)), other) < (ticket, key):
+                    ahead.append((entry.get("holder", "unknown holder"), age))
+            if not ahead:
+                break
+            if time.monotonic() > deadline:
+                who, age = ahead[0]
+                raise ReviewflowError(
+                    f"registered model '{name}': another promotion holds the lock ({who}, {age:.0f} s). Wait "
+                    f"for it and run again; if that process died, its tag {LOCK_PREFIX}* on '{name}' expires "
+                    f"after {stale_after:.0f} s, or delete that tag (MLflow UI, Models, '{name}', Tags).")
+            time.sleep(poll * (0.5 + random.random()))
         yield
     finally:
-        try:
-            mlflow_client.delete_registered_model(lock)
-        except MlflowException:
-            pass
+        _delete_tag(mlflow_client, name, key)
+
+
+def _delete_tag(mlflow_client, name: str, key: str) -> None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mlflow_client.delete_registered_model_tag(name, key)
+    except MlflowException:
+        pass
 
 
 # --- audit trail ---------------------------------------------------------------------------------------------
@@ -325,7 +350,8 @@ def history_lines(entries: list[dict]) -> list[str]:
     return lines
 
 
-def check_gate(mlflow_client, name: str, version: int, texts, labels, min_f1: float, max_regression: float):
+def check_gate(mlflow_client, name: str, version: int, texts, labels, min_f1: float, max_regression: float,
+               require_significance: float = 0.0):
     """Re-check the gate for `version` now: score it and the current champion (each with its own registered
     pyfunc) on the same labelled texts. Returns (verdict, comparison or None)."""
     from steps.evaluation.evaluate import score_registered_model
@@ -340,6 +366,40 @@ def check_gate(mlflow_client, name: str, version: int, texts, labels, min_f1: fl
         comparison = compare_with_champion(labels, probs, champion_probs, champion)
     elif champion == version:
         comparison = compare_with_champion(labels, probs, probs, champion)
-    verdict = judge_evaluation(classification_metrics(labels, probs), champion, comparison,
-                                      min_f1, max_regression)
+    verdict = judge_evaluation(classification_metrics(labels, probs), champion, comparison, min_f1, max_regression,
+                               require_significance)
     return verdict, comparison
+
+
+COPIED_FROM = "copied_from"
+
+
+def copy_into(mlflow_client, source_uri: str, target: str) -> tuple[int, bool]:
+    """Copy the registered version `source_uri` (models:/<name>/<version> or models:/<name>@<alias>) into the
+    registered model `target`, with its tags and `copied_from=<name>/<version>`: (target version, newly copied).
+    A version copied from the same source before is reused, so a repeated promotion makes no second copy."""
+    import re
+
+    from mlflow.exceptions import MlflowException
+
+    match = re.fullmatch(r"models:/([^/@]+)(?:@([^/]+)|/(\d+))", source_uri.strip())
+    if not match:
+        raise ReviewflowError(f"--source {source_uri}: expected models:/<registered model>/<version> or "
+                              "models:/<registered model>@<alias>")
+    name, alias, number = match.groups()
+    if name == target:
+        raise ReviewflowError(f"--source {source_uri} is a version of '{target}' itself; use --version instead")
+    version = resolve_version(mlflow_client, name, number or alias)
+    source = f"{name}/{version}"
+    try:
+        earlier = mlflow_client.search_model_versions(f"name = '{target}' and tags.{COPIED_FROM} = '{source}'")
+    except MlflowException:
+        earlier = []
+    if earlier:
+        return min(int(v.version) for v in earlier), False
+    original = mlflow_client.get_model_version(name, str(version))
+    copy = mlflow_client.copy_model_version(f"models:/{name}/{version}", target)
+    for key, value in {**original.tags, COPIED_FROM: source}.items():
+        if not key.startswith(("gate", "mlflow.")):  # the gate is decided anew, against the target's champion
+            mlflow_client.set_model_version_tag(target, copy.version, key, value)
+    return int(copy.version), True

@@ -1,4 +1,4 @@
-"""Registry: log the trained classifier as an MLflow model and register it, idempotently, with aliases.
+"""Registry: register the logged model that evaluation scored (steps/serving/package.py), idempotently, with aliases.
 
 Every registered version carries the Metaflow run that made it (`metaflow_run`), the Metaflow task that trained
 the model (`trained_by`: the idempotency key, the same in a retried or resumed run) and the fingerprint of the
@@ -9,18 +9,9 @@ that passed the gate becomes `champion` through steps.lifecycle.promotion (locke
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from importlib import metadata
-from pathlib import Path
 
-from schemas import TEXT_COLUMN
 from steps.lifecycle.promotion import CHALLENGER, CHAMPION, ChampionChanged, alias_version, promote
 from steps.runtime import faults
-
-RUNTIME_PACKAGES = ("mlflow", "torch", "transformers", "tokenizers", "safetensors", "pandas", "numpy")
-INPUT_EXAMPLE = [
-    "Works great, the battery lasts all day.",
-    "Stopped working after a week and support never answered.",
-]
 
 
 @dataclass
@@ -35,25 +26,6 @@ class Registration:
     promoted: bool = False  # this registration moved `champion` (False on a retry that finds it done)
 
 
-def pip_requirements() -> list[str]:
-    """Exact pins of what the served model imports (local version tags such as +cpu dropped)."""
-    pins = []
-    for package in RUNTIME_PACKAGES:
-        version = metadata.version(package).split("+", 1)[0]
-        pins.append(f"{package}=={version}")
-    return pins
-
-
-def model_signature():
-    from mlflow.models import ModelSignature
-    from mlflow.types import ColSpec, Schema
-
-    return ModelSignature(
-        inputs=Schema([ColSpec("string", TEXT_COLUMN)]),
-        outputs=Schema([ColSpec("long", "label"), ColSpec("double", "probability_positive")]),
-    )
-
-
 def find_version(mlflow_client, name: str, trained_by: str):
     """The version an earlier attempt (a @retry, or the run a `resume` continues) registered for this model."""
     from mlflow.exceptions import MlflowException
@@ -66,23 +38,6 @@ def find_version(mlflow_client, name: str, trained_by: str):
 
 
 TRAINED_BY = "trained_by"
-MODEL_CODE = Path(__file__).resolve().parent.parent / "serving" / "classifier_model.py"
-
-
-def log_classifier(model_dir: str, max_length: int):
-    """Log the classifier as a pyfunc model (from code) in the active MLflow run; returns the ModelInfo."""
-    import mlflow
-    import pandas as pd
-
-    return mlflow.pyfunc.log_model(
-        name="model",
-        python_model=str(MODEL_CODE),
-        artifacts={"classifier": model_dir},
-        model_config={"max_length": max_length, "batch_size": 64, "text_column": TEXT_COLUMN},
-        signature=model_signature(),
-        input_example=pd.DataFrame({TEXT_COLUMN: INPUT_EXAMPLE}),
-        pip_requirements=pip_requirements(),
-    )
 
 
 def _tag_verdict(mlflow_client, name: str, version: int, verdict, promote_mode: str) -> None:
@@ -90,9 +45,10 @@ def _tag_verdict(mlflow_client, name: str, version: int, verdict, promote_mode: 
         mlflow_client.set_model_version_tag(name, str(version), key, value)
 
 
-def register(mlflow_client, name: str, model_dir: str, max_length: int, metaflow_run: str, tags: dict,
-             verdict, promote_mode: str = "auto", trained_by: str | None = None) -> Registration:
-    """Register the classifier under `name` once per trained model, tag it with the gate's verdict, set aliases.
+def register(mlflow_client, name: str, model_uri: str, metaflow_run: str, tags: dict, verdict,
+             promote_mode: str = "auto", trained_by: str | None = None) -> Registration:
+    """Register the logged model `model_uri` (the one evaluation scored) under `name` once per trained model, tag
+    it with the gate's verdict, set aliases.
 
     `trained_by` (default: `metaflow_run`) names the trained model, e.g. the pathspec of the Metaflow task that
     trained it: a version tagged with it already exists when an earlier attempt crashed after registering, and
@@ -114,10 +70,9 @@ def register(mlflow_client, name: str, model_dir: str, max_length: int, metaflow
         print(f"'{name}' v{version} already holds this model ({TRAINED_BY}={trained_by}, registered by "
               f"{existing.tags.get('metaflow_run', '?')}): reusing it, not registering it again", flush=True)
     else:
-        info = log_classifier(model_dir, max_length)
         all_tags = {"metaflow_run": metaflow_run, TRAINED_BY: trained_by, **{k: str(v) for k, v in tags.items()}}
-        registered = mlflow.register_model(info.model_uri, name, tags=all_tags)
-        version, model_uri, created = int(registered.version), info.model_uri, True
+        registered = mlflow.register_model(model_uri, name, tags=all_tags)
+        version, created = int(registered.version), True
     faults.inject("register/after_version")  # test hook: a crash between registering and setting the aliases
     mlflow_client.set_registered_model_alias(name, CHALLENGER, str(version))
     _tag_verdict(mlflow_client, name, version, verdict, promote_mode)  # before promoting: a champion is never untagged
@@ -135,22 +90,19 @@ def register(mlflow_client, name: str, model_dir: str, max_length: int, metaflow
                         gate=verdict.tags()["gate"], gate_reasons=list(verdict.reasons), promoted=promoted)
 
 
-def register_trained_model(run, name: str, classifier: bytes, max_length: int, *, metaflow_run: str, trained_by: str,
+def register_trained_model(run, name: str, model_uri: str, *, metaflow_run: str, trained_by: str, serving_tags: dict,
                            data_fingerprint: str, base_model: str, training_inputs: dict, test_metrics: dict,
                            verdict: dict, promote_mode: str, training_profile: dict) -> Registration:
-    """The register step: register the packed classifier with its lineage and test metrics as tags, move the
-    aliases, and store the training data's drift profile beside the version."""
+    """The register step: register the logged model that evaluation scored, with its lineage, test metrics and
+    serving figures as tags, move the aliases, and store the training data's drift profile beside the version."""
     from steps.data.drift import store_training_profile
     from steps.evaluation.gate import GateVerdict
     from steps.lifecycle.retrain import version_tags
-    from steps.training.models import unpacked
 
     tags = {"data_fingerprint": data_fingerprint, "base_model": base_model, **version_tags(training_inputs),
-            **{f"test_{k}": test_metrics[k] for k in ("accuracy", "f1", "roc_auc")}}
-    with unpacked(classifier) as model_dir:
-        registration = register(run.client, name, model_dir, max_length, metaflow_run=metaflow_run,
-                                trained_by=trained_by, tags=tags, verdict=GateVerdict(**verdict),
-                                promote_mode=promote_mode)
+            **{f"test_{k}": test_metrics[k] for k in ("accuracy", "f1", "roc_auc")}, **serving_tags}
+    registration = register(run.client, name, model_uri, metaflow_run=metaflow_run, trained_by=trained_by,
+                            tags=tags, verdict=GateVerdict(**verdict), promote_mode=promote_mode)
     run.tags({"registered_model": registration.name, "registered_version": registration.version,
               "gate": registration.gate})
     store_training_profile(run, registration.name, registration.version, training_profile)

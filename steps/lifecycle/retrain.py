@@ -5,8 +5,9 @@ cost a validation, not a training run and a new model version. Each registered v
 `training_signature` (a hash of its training inputs) and the readable `training_inputs`; a run whose signature
 equals the champion's ends after validation.
 
-The training inputs are the data fingerprint and every setting of steps/settings.py declared as a training
-input (the default for a new setting); a setting that does not change the model says so where it is declared.
+The training inputs are the data fingerprint, the starting weights by content (steps/lifecycle/identity.py),
+the version of the training code, and every setting of steps/settings.py declared as a training input (the
+default for a new setting); a setting that does not change the model says so where it is declared.
 """
 from __future__ import annotations
 
@@ -25,12 +26,12 @@ def training_inputs(fingerprint: str, values: dict) -> dict:
     `values`: setting values by option name; only the settings declared as training inputs are kept.
     """
     from steps import settings
-    from steps.training.models import identity
+    from steps.lifecycle.identity import code_version, model_identity
 
     inputs = settings.training_inputs(values)
     if "model" in inputs:
-        inputs["model"] = identity(str(inputs["model"]))
-    return {"data_fingerprint": fingerprint, **inputs}
+        inputs["model"] = model_identity(str(inputs["model"]))
+    return {"data_fingerprint": fingerprint, **inputs, "code": code_version()}
 
 
 def training_signature(inputs: dict) -> str:
@@ -88,7 +89,7 @@ def should_retrain(mlflow_client, registered_model: str, inputs: dict, force: bo
         return RetrainDecision(True, f"changed since champion v{champion}: " + "; ".join(differences or ["signature"]),
                                ours, champion, differences)
     run = version.tags.get("metaflow_run", "?")
-    settings = [k for k in inputs if k not in ("data_fingerprint", "model")]
+    settings = [k for k in inputs if k not in ("data_fingerprint", "model", "code")]
     return RetrainDecision(
         False,
         f"unchanged: the data (fingerprint {inputs['data_fingerprint'][:12]}), the model ({inputs.get('model')}) and "

@@ -32,6 +32,9 @@ class RunReport:
     mlflow_runs: dict = field(default_factory=dict)  # step name -> {"run_id", "artifact_uri"}; "" = the parent
     experiment_id: str | None = None
     card_steps: tuple = ("validate", "train", "evaluate")
+    registered_model: str = "review-classifier"  # --registered-model: the production name the branch derives from
+    branch: str | None = None  # the @project branch (prod, user.alice, test.x)
+    served: dict | None = None  # the served model: backend and why (steps.serving.package.ServedModel as a dict)
 
     @property
     def run_id(self) -> str:
@@ -148,19 +151,26 @@ def artifact_lines(report: RunReport) -> list[str]:
 
 
 def next_lines(report: RunReport) -> list[str]:
-    """The exact PromoteFlow commands that make sense now."""
+    """The exact PromoteFlow commands that make sense now (on this run's branch, and into production)."""
+    from steps.lifecycle.environments import PRODUCTION_BRANCH
+    from steps.settings import DEFAULT_REGISTERED_MODEL
+
     registration = report.registration
     promote = f"python {shlex.quote(str(Path(report.flow_file).with_name('promote_flow.py')))} run"
-    name = registration["name"]
-    suffix = "" if name == "review-classifier" else f" --registered-model {shlex.quote(name)}"
+    name, base = registration["name"], report.registered_model
+    suffix = "" if base == DEFAULT_REGISTERED_MODEL else f" --registered-model {shlex.quote(base)}"
     version, before = registration["version"], report.champion_before
     back = ([f"roll back: {promote} --rollback --reason 'why'{suffix}   (champion back to v{before})"]
             if before is not None and before != version else [])
     history = [f"history:   {promote} --history{suffix}"]
+    production = []
+    if report.branch and report.branch != PRODUCTION_BRANCH:
+        into = promote.replace(" run", " --production run")
+        production = [f"to prod:   {into} --source models:/{name}/{version} --reason 'why'{suffix}"]
     if "champion" in registration.get("aliases", []):
-        return back + history
+        return back + history + production
     if registration.get("gate") == "passed":  # --promote never
-        return [f"promote:   {promote} --version {version} --reason 'why'{suffix}"] + history
+        return [f"promote:   {promote} --version {version} --reason 'why'{suffix}"] + history + production
     return [f"re-check:  {promote} --version {version}{suffix}   (the gate again, on this run's test rows)",
             f"force:     {promote} --version {version} --force --reason 'why'{suffix}"] + history
 
@@ -188,7 +198,8 @@ def summary_lines(report: RunReport) -> list[str]:
         lines += _rows("gate", [f"promotion gate: {registration['gate']} "
                                 f"({'; '.join(registration.get('gate_reasons', []))})"])
     loaded = f"{name}@champion" if "champion" in registration.get("aliases", []) else f"{name}/{version}"
-    lines += _rows("registered", [registered, f"load: mlflow.pyfunc.load_model('models:/{loaded}')"])
+    served = ([f"served by {report.served['backend']}: {report.served['chose']}"] if report.served else [])
+    lines += _rows("registered", [registered, *served, f"load: mlflow.pyfunc.load_model('models:/{loaded}')"])
     lines += _rows("MLflow", mlflow_lines(report))
     lines += _rows("cards", card_lines(report))
     lines += _rows("artifacts", artifact_lines(report))
@@ -208,14 +219,15 @@ def unchanged_lines(report: RunReport) -> list[str]:
 
 
 def close_flow_run(metaflow_run: str, flow_file: str, tracking_uri: str, mlflow_run_id: str, datastore: str,
-                   validation: dict, retrain_reason: str, *trained) -> str:
+                   validation: dict, retrain_reason: str, *trained, registered_model: str, branch: str | None,
+                   served: dict | None = None) -> str:
     """The end step: the run's summary (also stored as summary.txt on the parent MLflow run), and the parent run
     finished with its outcome. `trained`: split sizes, test metrics, comparison, registration and the champion
     before, when the run trained a model."""
     from steps.runtime import tracking
 
     report = RunReport(metaflow_run, script(flow_file), tracking_uri, mlflow_run_id, datastore, validation,
-                       retrain_reason, *trained)
+                       retrain_reason, *trained, registered_model=registered_model, branch=branch, served=served)
     report.experiment_id, report.mlflow_runs = mlflow_runs(tracking_uri, mlflow_run_id)
     summary = "\n".join(report.lines())
     tracking.StepRun(tracking.client(tracking_uri), mlflow_run_id).text(summary, "summary.txt")

@@ -25,13 +25,68 @@ def resolve_tracking_uri() -> str:
     return f"sqlite:///{Path.cwd() / 'mlflow.db'}"
 
 
+_READY_STORES: set[str] = set()  # stores this process has opened (and, if new, migrated) already
+STORE_INIT_TIMEOUT = 600  # seconds to wait for another process's migration of a fresh SQLite store
+
+
 def client(uri: str):
+    """An MlflowClient for `uri` (which also becomes this process's tracking URI).
+
+    The first process that opens a SQLite store creates and migrates its schema; two doing it at once corrupt
+    it (`duplicate column name`, `_alembic_tmp_tags already exists`). So the first open in each process holds a
+    file lock beside the database (`mlflow.db.lock`) while it opens the tracking and the registry store; a
+    process that waited finds the schema complete and migrates nothing.
+    """
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     import mlflow
     from mlflow import MlflowClient
 
     mlflow.set_tracking_uri(uri)
-    return MlflowClient(tracking_uri=uri)
+    if uri in _READY_STORES:
+        return MlflowClient(tracking_uri=uri)
+    with _store_init_lock(uri), _explained_refusal(uri):
+        mlflow_client = MlflowClient(tracking_uri=uri)  # opens (and, if new, migrates) the tracking store
+        mlflow_client.search_registered_models(max_results=1)  # and the registry store
+    _READY_STORES.add(uri)
+    return mlflow_client
+
+
+@contextmanager
+def _explained_refusal(uri: str):
+    """An MLflow server that refuses us (401/403) becomes one line naming the settings to fix (never their values)."""
+    from mlflow.exceptions import MlflowException
+
+    from steps.runtime.errors import ReviewflowError
+
+    try:
+        yield
+    except MlflowException as err:
+        text = str(err)
+        if "401" in text or err.error_code == "UNAUTHENTICATED":
+            given = "are set but were refused" if os.environ.get("MLFLOW_TRACKING_USERNAME") else "are not set"
+            raise ReviewflowError(
+                f"the MLflow server at {uri} requires a login (HTTP 401): MLFLOW_TRACKING_USERNAME and "
+                f"MLFLOW_TRACKING_PASSWORD {given}; set them (for the local team setup: source "
+                "infra/local/.state/services.env)") from None
+        if "403" in text or err.error_code == "PERMISSION_DENIED":
+            user = os.environ.get("MLFLOW_TRACKING_USERNAME", "")
+            raise ReviewflowError(
+                f"the MLflow server at {uri} refused MLFLOW_TRACKING_USERNAME={user!r} (HTTP 403): ask its admin "
+                "for permission on the experiment and the registered model") from None
+        raise
+
+
+def _store_init_lock(uri: str):
+    """A file lock beside a SQLite database; nothing for other stores (a server migrates its own)."""
+    from contextlib import nullcontext
+
+    if not uri.startswith("sqlite:///"):
+        return nullcontext()
+    from filelock import FileLock
+
+    database = Path(uri.removeprefix("sqlite:///"))
+    database.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(f"{database}.lock", timeout=STORE_INIT_TIMEOUT)
 
 
 def _experiment_id(mlflow_client, name: str) -> str:

@@ -1,53 +1,131 @@
-"""The registered model, as an MLflow "model from code": review texts in, labels and probabilities out.
+"""The registered model, as an MLflow "model from code": review texts in, labels (and probabilities) out.
 
 MLflow copies this file into every logged model and runs it when the model is loaded; it must stay
-self-contained (no imports from this project). It is never imported by the pipeline itself.
+self-contained (no imports from this project; `inference_log`, when present, travels with it as `code_paths`).
 
-`mlflow.pyfunc.load_model("models:/review-classifier@champion").predict(pd.DataFrame({"reviewText": [...]}))`
-returns a DataFrame with `label` (1 = positive, 0 = negative) and `probability_positive` (softmax of the
-positive class). Weights and tokenizer are the model's `classifier` artifact (a save_pretrained directory);
-`max_length`, `batch_size` and `text_column` (the contract's text column, written when the model is logged)
-come from the model config.
+    model = mlflow.pyfunc.load_model("models:/review-classifier@champion")
+    model.predict(pd.DataFrame({"reviewText": [...]}))                                   # labels, 1 = positive
+    model.predict(pd.DataFrame({"reviewText": [...]}), params={"output": "probabilities"})
+    #   a DataFrame: label, probability_positive (softmax of the positive class)
+
+Labels alone by default, like MLflow's scikit-learn models, so `mlflow.models.evaluate(..., model_type=
+"classifier")` works on it as it is. Over HTTP (`mlflow models serve`): `{"dataframe_records": [...]}` gives
+labels, `{"dataframe_records": [...], "params": {"output": "probabilities"}}` both columns.
+
+Backends (model config `backend`, chosen when the model was logged; `mlflow.pyfunc.load_model(uri,
+model_config={"backend": ...})` or, for `mlflow models serve`, REVIEWFLOW_SERVING_BACKEND overrides it):
+`torch` (the save_pretrained `classifier` artifact; on a GPU in the model config's `cuda_precision`), `onnx`
+(the fp32 ONNX graph, onnxruntime) and `onnx-int8` (its dynamically quantized copy). Every backend tokenizes with
+the same tokenizer, truncates at `max_length`, batches `batch_size` texts of similar length and returns the
+softmax of the positive class.
+
+Set REVIEWFLOW_INFERENCE_LOG (a directory or an s3:// prefix) to record every request for monitoring.
 """
 import mlflow
 import pandas as pd
 from mlflow.pyfunc import PythonModel
 
+BACKENDS = ("torch", "onnx", "onnx-int8")
+ONNX_ARTIFACTS = {"onnx": "onnx_fp32", "onnx-int8": "onnx_int8"}
+OUTPUTS = ("label", "probabilities")
+
+
+class Scorer:
+    """Positive-class probabilities of review texts with one backend (also used to check the backends' parity)."""
+
+    def __init__(self, classifier_dir: str, backend: str = "torch", onnx_file: str | None = None,
+                 max_length: int = 128, batch_size: int = 64, cuda_precision: str = "fp32"):
+        from transformers import AutoTokenizer
+
+        if backend not in BACKENDS:
+            raise ValueError(f"backend {backend!r}: use one of {', '.join(BACKENDS)}")
+        self.backend, self.max_length, self.batch_size = backend, int(max_length), int(batch_size)
+        self.tokenizer = AutoTokenizer.from_pretrained(classifier_dir)
+        if backend == "torch":
+            import torch
+            from transformers import AutoModelForSequenceClassification
+
+            self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+            self.model = AutoModelForSequenceClassification.from_pretrained(classifier_dir).eval().to(self.device)
+            dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16}
+            self.autocast = dtypes.get(cuda_precision) if self.device.type == "cuda" else None
+        else:
+            import onnxruntime as ort
+
+            options = ort.SessionOptions()
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            self.session = ort.InferenceSession(onnx_file, options, providers=["CPUExecutionProvider"])
+
+    def probabilities(self, texts: list[str]):
+        import numpy as np
+
+        probs = np.zeros(len(texts), dtype=np.float64)
+        order = np.argsort([len(t) for t in texts], kind="stable")  # similar lengths pad less
+        for start in range(0, len(texts), self.batch_size):
+            rows = order[start:start + self.batch_size]
+            batch = self.tokenizer([texts[i] for i in rows], truncation=True, max_length=self.max_length,
+                                   padding=True, return_token_type_ids=False,
+                                   return_tensors="pt" if self.backend == "torch" else "np")
+            probs[rows] = self._positive(batch)
+        return probs
+
+    def _positive(self, batch):
+        import numpy as np
+
+        if self.backend == "torch":
+            import torch
+
+            with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.autocast,
+                                                        enabled=self.autocast is not None):
+                logits = self.model(**{k: v.to(self.device) for k, v in batch.items()}).logits.float()
+            return torch.softmax(logits, dim=-1)[:, 1].cpu().numpy()
+        logits = self.session.run(None, {k: np.asarray(v, dtype=np.int64) for k, v in batch.items()})[0]
+        logits = logits.astype(np.float64)
+        shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+        return shifted[:, 1] / shifted.sum(axis=-1)
+
 
 class ReviewClassifier(PythonModel):
     def load_context(self, context):
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        import os
 
-        path = context.artifacts["classifier"]
         config = context.model_config or {}
-        self.max_length = int(config.get("max_length", 128))
-        self.batch_size = int(config.get("batch_size", 64))
+        backend = os.environ.get("REVIEWFLOW_SERVING_BACKEND") or str(config.get("backend", "torch"))
+        onnx = context.artifacts.get(ONNX_ARTIFACTS.get(backend, ""))
         self.text_column = str(config["text_column"])
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.model = AutoModelForSequenceClassification.from_pretrained(path).eval()
+        self.model_name, self.model_version = str(config.get("model_name", "")), str(config.get("model_version", ""))
+        self.scorer = Scorer(context.artifacts["classifier"], backend, onnx, config.get("max_length", 128),
+                             config.get("batch_size", 64), str(config.get("cuda_precision", "fp32")))
+        self.log = _inference_log()
 
-    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+    def predict(self, context, model_input, params=None):
         import numpy as np
-        import torch
 
+        output = (params or {}).get("output", "label")
+        if output not in OUTPUTS:
+            raise ValueError(f"params output={output!r}: use one of {', '.join(OUTPUTS)}")
         if isinstance(model_input, pd.DataFrame):
             if self.text_column not in model_input.columns:
                 raise ValueError(f"input needs a '{self.text_column}' column, got {list(model_input.columns)}")
             texts = model_input[self.text_column].fillna("").astype(str).tolist()
         else:
             texts = [str(t) for t in model_input]
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.model.to(device)
-        probs = np.zeros(len(texts))
-        order = np.argsort([len(t) for t in texts], kind="stable")  # similar lengths pad less
-        with torch.inference_mode():
-            for start in range(0, len(texts), self.batch_size):
-                rows = order[start:start + self.batch_size]
-                batch = self.tokenizer([texts[i] for i in rows], truncation=True, max_length=self.max_length,
-                                       padding=True, return_tensors="pt", return_token_type_ids=False)
-                logits = self.model(**{k: v.to(device) for k, v in batch.items()}).logits.float()
-                probs[rows] = torch.softmax(logits, dim=-1)[:, 1].cpu().numpy()
-        return pd.DataFrame({"label": (probs >= 0.5).astype("int64"), "probability_positive": probs})
+        probs = self.scorer.probabilities(texts)
+        labels = (probs >= 0.5).astype("int64")
+        if self.log is not None:
+            self.log.record(texts, labels, probs, self.model_name, self.model_version)
+        if output == "probabilities":
+            return pd.DataFrame({"label": labels, "probability_positive": probs})
+        return pd.Series(np.asarray(labels), name="label")
+
+
+def _inference_log():
+    """The inference log of REVIEWFLOW_INFERENCE_LOG, when set and shipped with the model; else None."""
+    try:
+        from inference_log import InferenceLog
+    except ImportError:
+        return None
+    return InferenceLog.from_env()
 
 
 mlflow.models.set_model(ReviewClassifier())

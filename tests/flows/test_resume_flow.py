@@ -27,7 +27,7 @@ from mlflow import MlflowClient
 
 from steps.runtime.faults import FAIL_AT
 from tests.fixtures import write_reviews_csv
-from tests.flow_runs import FLOWS, TINY_TRAINING, card_components, flow_env, open_run, runner
+from tests.flow_runs import BRANCH_MODEL, FLOWS, TINY_TRAINING, card_components, flow_env, open_run, runner
 
 pytestmark = pytest.mark.flow
 
@@ -148,9 +148,9 @@ def chain(workdir, tiny_model_dir):
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     experiment = client.get_experiment_by_name("reviewflow")
     store = {
-        "versions": client.search_model_versions("name = 'review-classifier'"),
-        "aliases": client.get_registered_model("review-classifier").aliases,
-        "audit": history(client, "review-classifier"),
+        "versions": client.search_model_versions(f"name = '{BRANCH_MODEL}'"),
+        "aliases": client.get_registered_model(BRANCH_MODEL).aliases,
+        "audit": history(client, BRANCH_MODEL),
         "runs": client.search_runs([experiment.experiment_id], max_results=1000),
     }
     return hops, store
@@ -291,5 +291,5 @@ def test_same_data_model_settings_and_seed_reproduce_the_interrupted_champion_ru
     assert all(abs(delta) <= METRIC_TOLERANCE for delta in comparison["delta"].values()), comparison
     uri = f"sqlite:///{workdir / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    first, second = (client.get_model_version("review-classifier", v) for v in ("1", "2"))
+    first, second = (client.get_model_version(BRANCH_MODEL, v) for v in ("1", "2"))
     assert second.tags["training_signature"] == first.tags["training_signature"]

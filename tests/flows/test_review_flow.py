@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from tests.flow_runs import TINY_TRAINING, card_components, run_flow
+from tests.flow_runs import BRANCH_MODEL, TINY_TRAINING, card_components, run_flow
 
 pytestmark = pytest.mark.flow
 STEPS = ["ingest", "validate", "split", "tokenize", "train", "evaluate", "register"]
@@ -22,16 +22,17 @@ def finished(finished_review_flow):
 def test_flow_registers_a_tagged_champion_that_loads_and_predicts(finished, use_mlflow):
     run, executing, uri = finished
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    versions = client.search_model_versions("name = 'review-classifier'")
+    versions = client.search_model_versions(f"name = '{BRANCH_MODEL}'")
     assert len(versions) == 1
     version = versions[0]
     assert version.tags["metaflow_run"] == run.pathspec
     assert version.tags["data_fingerprint"] == run.data.fingerprint
-    assert set(client.get_registered_model("review-classifier").aliases) == {"challenger", "champion"}
+    assert set(client.get_registered_model(BRANCH_MODEL).aliases) == {"challenger", "champion"}
     use_mlflow(uri)
-    model = mlflow.pyfunc.load_model("models:/review-classifier@champion")
+    model = mlflow.pyfunc.load_model(f"models:/{BRANCH_MODEL}@champion")
     out = model.predict(pd.DataFrame({"reviewText": ["the phone is great and i love it",
-                                                     "terrible battery , broken and useless"]}))
+                                                     "terrible battery , broken and useless"]}),
+                        params={"output": "probabilities"})
     assert out["label"].tolist() == [1, 0]
     assert out["probability_positive"].iloc[0] > 0.5 > out["probability_positive"].iloc[1]
 
@@ -61,13 +62,13 @@ def test_flow_artifacts_show_what_happened(finished):
     assert sum(len(run.data.tokens[name]) for name in ("train", "validation", "test")) == 400
     assert run.data.test_metrics["accuracy"] >= 0.85  # the synthetic sentiment words are easy to learn
     assert run.data.registration["version"] == 1
-    assert "test accuracy" in executing.stdout and "models:/review-classifier/1" in executing.stdout
+    assert "test accuracy" in executing.stdout and f"models:/{BRANCH_MODEL}/1" in executing.stdout
 
 
 def test_validate_step_reports_and_the_version_keeps_its_training_profile(finished, tmp_path):
     run, executing, uri = finished
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    profile_uri = client.get_model_version("review-classifier", "1").tags["training_profile"]
+    profile_uri = client.get_model_version(BRANCH_MODEL, "1").tags["training_profile"]
     run_id, _, path = profile_uri.removeprefix("runs:/").partition("/")
     profile = json.loads(Path(client.download_artifacts(run_id, path, str(tmp_path))).read_text())
     assert profile == run.data.training_profile and profile["rows"] == len(run.data.train_rows)
@@ -94,7 +95,36 @@ def test_a_rerun_on_unchanged_data_and_settings_ends_after_validation(finished, 
     assert f"champion v1 ({run.pathspec})" in again.data.retrain_reason
     assert "nothing to retrain" in rerun.stdout
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    assert len(client.search_model_versions("name = 'review-classifier'")) == 1
+    assert len(client.search_model_versions(f"name = '{BRANCH_MODEL}'")) == 1
     parent = client.search_runs([client.get_experiment_by_name("reviewflow").experiment_id],
                                 filter_string=f"tags.metaflow_run = '{again.pathspec}'")[0]
     assert parent.info.status == "FINISHED" and parent.data.tags["outcome"] == "unchanged"
+
+
+def test_the_registered_version_is_the_evaluated_one_and_mlflow_evaluate_works_on_it(finished, use_mlflow):
+    """What is served is what was evaluated: the registered version, loaded as anyone loads it, reproduces the
+    recorded test metrics exactly; they are on its LoggedModel (with the test dataset); MLflow's own classifier
+    evaluator runs on it as it is and agrees."""
+    from schemas import LABEL_COLUMN, TEXT_COLUMN
+    from steps.evaluation.metrics import classification_metrics
+
+    run, executing, uri = finished
+    use_mlflow(uri)
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    test_rows, recorded = run.data.test_rows, run.data.test_metrics
+    version = client.get_model_version(BRANCH_MODEL, "1")
+    assert version.source == run.data.served_model["model_uri"]  # registered exactly the model evaluate scored
+    model = mlflow.pyfunc.load_model(f"models:/{BRANCH_MODEL}/1")
+    scored = model.predict(test_rows[[TEXT_COLUMN]], params={"output": "probabilities"})
+    assert classification_metrics(test_rows[LABEL_COLUMN], scored["probability_positive"]) == recorded
+    assert version.tags["serving.backend"] == run.data.served_model["backend"]
+    logged = client.get_logged_model(version.source.removeprefix("models:/"))
+    metrics = {m.key: m for m in logged.metrics}
+    assert metrics["test_f1"].value == pytest.approx(recorded["f1"]) and metrics["test_f1"].dataset_name == "test"
+    # object, not pandas' string dtype: MLflow 3.17's SHAP step calls np.issubdtype on every feature column's dtype,
+    # which numpy cannot do for pandas' StringDtype (docs/model-lifecycle.md)
+    frame = test_rows[[TEXT_COLUMN, LABEL_COLUMN]].astype({TEXT_COLUMN: object})
+    result = mlflow.models.evaluate(f"models:/{BRANCH_MODEL}@champion", frame, targets=LABEL_COLUMN,
+                                    model_type="classifier", predictions="label")
+    assert result.metrics["accuracy_score"] == pytest.approx(recorded["accuracy"], abs=1e-12)
+    assert result.metrics["f1_score"] == pytest.approx(recorded["f1"], abs=1e-12)

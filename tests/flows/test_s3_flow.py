@@ -7,10 +7,10 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from infra.local import services
+from infra.local.s3 import s3_client
 from steps.runtime import storage
 from tests.fixtures import write_reviews_csv
-from tests.flow_runs import TINY_TRAINING, run_flow
+from tests.flow_runs import BRANCH_MODEL, TINY_TRAINING, run_flow
 
 pytestmark = pytest.mark.flow
 
@@ -38,7 +38,7 @@ def s3_run(s3_server, tmp_path_factory, tiny_model_dir):
     prefix = f"t-{uuid.uuid4().hex[:8]}"
     workdir = tmp_path_factory.mktemp("s3-flow")
     local = write_reviews_csv(workdir / "reviews.csv", rows=400)
-    client = services.s3_client(s3_server.endpoint, s3_server.access_key, s3_server.secret_key)
+    client = s3_client(s3_server.endpoint, s3_server.access_key, s3_server.secret_key)
     client.upload_file(str(local), s3_server.bucket, f"{prefix}/input/reviews.csv")
     env = s3_flow_env(s3_server, prefix)
     run, executing = run_flow("review_flow.py", workdir, env=env, data=f"s3://{s3_server.bucket}/{prefix}/input/",
@@ -67,13 +67,13 @@ def test_champion_loads_from_s3_and_predicts(s3_run, s3_env, use_mlflow, monkeyp
     use_mlflow(uri)
     monkeypatch.setenv("MLFLOW_S3_ENDPOINT_URL", env["MLFLOW_S3_ENDPOINT_URL"])
     version = MlflowClient(tracking_uri=uri, registry_uri=uri).get_model_version_by_alias(
-        "review-classifier", "champion")
+        BRANCH_MODEL, "champion")
     assert version.source.startswith("models:/") or version.source.startswith("s3://")
     artifact_uri = mlflow.get_run(version.run_id).info.artifact_uri
     assert artifact_uri.startswith(f"s3://reviewflow/{prefix}/mlflow/")
-    model = mlflow.pyfunc.load_model("models:/review-classifier@champion")
+    model = mlflow.pyfunc.load_model(f"models:/{BRANCH_MODEL}@champion")
     out = model.predict(pd.DataFrame({"reviewText": ["great phone , love it", "broken junk , terrible"]}))
-    assert out["label"].tolist() == [1, 0]
+    assert out.tolist() == [1, 0]
 
 
 def test_credentials_never_appear_in_logs_runs_or_artifacts(s3_run, s3_server, s3_env, tmp_path, use_mlflow,
@@ -95,7 +95,7 @@ def test_credentials_never_appear_in_logs_runs_or_artifacts(s3_run, s3_server, s
         for file in Path(local).rglob("*"):
             if file.is_file():
                 assert secret.encode() not in file.read_bytes(), file
-    for version in client.search_model_versions("name = 'review-classifier'"):
+    for version in client.search_model_versions(f"name = '{BRANCH_MODEL}'"):
         assert secret not in repr(version.tags)
     for step in run:
         for task in step:

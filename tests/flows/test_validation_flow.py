@@ -10,11 +10,11 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from tests.fixtures import review_frame
-from tests.flow_runs import card_components, run_flow
+from tests.fixtures import review_frame, served_model_uri
+from tests.flow_runs import BRANCH_MODEL, card_components, run_flow
 
 pytestmark = pytest.mark.flow
-MODEL = "review-classifier"
+MODEL = BRANCH_MODEL
 
 
 def registry_state(uri: str) -> dict:
@@ -70,8 +70,8 @@ def champion_workdir(tmp_path_factory, tiny_model_dir):
         mlflow.set_registry_uri(uri)
         parent = tracking.start_flow_run(uri, "ReviewFlow", "1", {})
         with tracking.step_run(uri, parent, "register", "ReviewFlow/1/register/8") as run:
-            registration = registry.register(run.client, MODEL, str(classifier_dir), 32, "ReviewFlow/1", {},
-                                             verdict=gate.judge(0.8))
+            registration = registry.register(run.client, MODEL, served_model_uri(classifier_dir), "ReviewFlow/1",
+                                             {}, verdict=gate.judge(0.8))
             store_training_profile(run, MODEL, registration.version, profile)
         tracking.finish_flow_run(uri, parent)
         mlflow.set_tracking_uri(None)

@@ -9,6 +9,7 @@ from steps.lifecycle import predict, registry
 from steps.runtime import tracking
 from steps.runtime.errors import ReviewflowError
 from steps.training.models import load_classifier, load_tokenizer
+from tests.fixtures import served_model_uri
 
 
 def test_text_only_files_are_read_with_the_ingest_readers(tmp_path):
@@ -47,7 +48,7 @@ def registered(tracking_uri, tiny_model_dir, tmp_path):
     load_tokenizer(str(tiny_model_dir)).save_pretrained(classifier)
     parent = tracking.start_flow_run(tracking_uri, "ReviewFlow", "1", {})
     with tracking.step_run(tracking_uri, parent, "register", "ReviewFlow/1/register/8") as run:
-        registry.register(run.client, "review-classifier", str(classifier), 32, "ReviewFlow/1", {},
+        registry.register(run.client, "review-classifier", served_model_uri(classifier), "ReviewFlow/1", {},
                           verdict=gate.judge(0.9))
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
@@ -73,7 +74,8 @@ def test_every_row_is_scored_in_input_order_and_written(registered, tmp_path):
     assert out.columns.tolist() == ["reviewText", "isPositive", "label", "probability_positive", "model_name",
                                     "model_version"]
     assert out["reviewText"].tolist()[2:] == ["terrible junk", "love it", "broken"]
-    alone = model.predict(pd.DataFrame({"reviewText": ["terrible junk"]}))  # batching does not change a row
+    alone = model.predict(pd.DataFrame({"reviewText": ["terrible junk"]}),  # batching does not change a row
+                          params={"output": "probabilities"})
     assert out["probability_positive"].iloc[2] == pytest.approx(alone["probability_positive"].iloc[0], abs=1e-6)
     assert ((out["label"] == 1) == (out["probability_positive"] >= 0.5)).all()
     assert (out["model_version"] == "1").all()

@@ -3,6 +3,7 @@ audit trail, the promotion lock, and two processes promoting at the same time.""
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from steps.evaluation import gate
 from steps.lifecycle import promotion, registry
 from steps.runtime import tracking
 from steps.runtime.errors import ReviewflowError
+from tests.fixtures import served_model_uri
 
 NAME = "review-classifier"
 ROOT = Path(__file__).resolve().parents[2]
@@ -27,8 +29,8 @@ def register(uri, classifier_dir, run_id, f1, champion_f1=None, champion_version
     verdict = gate.judge(f1, 0.75, 0.0, champion_f1, champion_version)
     parent = tracking.start_flow_run(uri, "ReviewFlow", str(run_id), {})
     with tracking.step_run(uri, parent, "register", f"ReviewFlow/{run_id}/register/9") as run:
-        return registry.register(run.client, NAME, classifier_dir, 32, f"ReviewFlow/{run_id}", {"test_f1": f1},
-                                 verdict=verdict, promote_mode=promote_mode)
+        return registry.register(run.client, NAME, served_model_uri(classifier_dir), f"ReviewFlow/{run_id}",
+                                 {"test_f1": f1}, verdict=verdict, promote_mode=promote_mode)
 
 
 def champion(client):
@@ -163,11 +165,16 @@ def test_the_lock_serializes_and_a_dead_holders_lock_expires(tracking_uri, clien
     with promotion.promotion_lock(client, NAME), \
             pytest.raises(ReviewflowError, match="another promotion holds the lock"):
             promotion.promote(client, NAME, 1, force=True, reason="x", lock_timeout=0.5)
-    # a holder that died left its lock behind: it is broken once older than stale_after
-    client.create_registered_model(promotion.lock_name(NAME))
+    # a holder that died left its lock entry behind: it is broken once older than stale_after
+    client.set_registered_model_tag(NAME, f"{promotion.LOCK_PREFIX}dead", json.dumps(
+        {"ticket": 1, "time": time.time(), "holder": "a process that died"}))
+    with pytest.raises(ReviewflowError, match="another promotion holds the lock \\(a process that died"), \
+            promotion.promotion_lock(client, NAME, timeout=0.5, stale_after=600.0):
+        pass
     with promotion.promotion_lock(client, NAME, timeout=5, stale_after=0.0):
         pass
-    assert [m.name for m in client.search_registered_models()] == [NAME]
+    assert [m.name for m in client.search_registered_models()] == [NAME]  # no lock object in the registry
+    assert not [k for k in client.get_registered_model(NAME).tags if k.startswith(promotion.LOCK_PREFIX)]
 
 
 def _race(uri, tmp_path, versions, mode):
@@ -216,8 +223,8 @@ def _register_model(uri, classifier_dir, metaflow_run, trained_by, f1, champion_
     verdict = gate.judge(f1, 0.75, 0.0, champion_f1, champion_version)
     parent = tracking.start_flow_run(uri, "ReviewFlow", metaflow_run.split("/")[-1], {})
     with tracking.step_run(uri, parent, "register", f"{metaflow_run}/register/9") as run:
-        return registry.register(run.client, NAME, classifier_dir, 32, metaflow_run, {"test_f1": f1},
-                                 verdict=verdict, trained_by=trained_by)
+        return registry.register(run.client, NAME, served_model_uri(classifier_dir, trained_by), metaflow_run,
+                                 {"test_f1": f1}, verdict=verdict, trained_by=trained_by)
 
 
 def test_a_crash_between_registering_and_aliasing_is_completed_by_the_resumed_run(

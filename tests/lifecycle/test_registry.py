@@ -6,13 +6,15 @@ from mlflow import MlflowClient
 from steps.evaluation import gate
 from steps.lifecycle import registry
 from steps.runtime import tracking
+from steps.serving import package
+from tests.fixtures import served_model_uri
 
 
 def _register(uri, classifier_dir, metaflow_run, verdict=None, promote_mode="auto"):
     """Register as ReviewFlow's register step does; by default with a verdict for a first model with F1 0.8."""
     parent = tracking.start_flow_run(uri, "ReviewFlow", metaflow_run.split("/")[-1], {})
     with tracking.step_run(uri, parent, "register", f"{metaflow_run}/register/8") as run:
-        return registry.register(run.client, "review-classifier", classifier_dir, 32, metaflow_run,
+        return registry.register(run.client, "review-classifier", served_model_uri(classifier_dir), metaflow_run,
                                  {"data_fingerprint": "abc123", "test_f1": 0.8},
                                  verdict=verdict or gate.judge(0.8), promote_mode=promote_mode)
 
@@ -27,10 +29,13 @@ def test_first_version_is_tagged_champion_and_challenger_and_predicts(tracking_u
 
     model = mlflow.pyfunc.load_model("models:/review-classifier@champion")
     assert model.metadata.signature.inputs.input_names() == ["reviewText"]
-    out = model.predict(pd.DataFrame({"reviewText": ["great phone", "terrible junk", ""]}))
+    reviews = pd.DataFrame({"reviewText": ["great phone", "terrible junk", ""]})
+    out = model.predict(reviews, params={"output": "probabilities"})
     assert list(out.columns) == ["label", "probability_positive"] and len(out) == 3
     assert out["probability_positive"].between(0, 1).all()
     assert (out["label"] == (out["probability_positive"] >= 0.5).astype(int)).all()
+    labels = model.predict(reviews)  # by default labels alone, like MLflow's scikit-learn classifiers
+    assert isinstance(labels, pd.Series) and labels.tolist() == out["label"].tolist()
     with pytest.raises(Exception, match="reviewText"):
         model.predict(pd.DataFrame({"text": ["no such column"]}))
 
@@ -50,6 +55,6 @@ def test_registration_is_idempotent_per_flow_run_and_champion_stays(tracking_uri
 
 
 def test_pip_requirements_pin_runtime_packages_without_local_tags():
-    pins = registry.pip_requirements()
+    pins = package.pip_requirements()
     assert any(p.startswith("torch==") for p in pins) and all("+" not in p for p in pins)
     assert not any(p.startswith("torchvision") for p in pins)

@@ -92,7 +92,7 @@ def test_a_version_that_failed_the_gate_gets_the_recheck_and_force_commands():
 
 
 def test_promote_never_gets_the_promote_command_and_other_names_are_passed_on():
-    r = rows(report(version=4, aliases=("challenger",), gate="passed", name="shoes").lines())
+    r = rows(report(version=4, aliases=("challenger",), gate="passed", name="shoes", registered_model="shoes").lines())
     assert r["next"][0] == ("promote:   python flows/promote_flow.py run --version 4 --reason 'why' "
                             "--registered-model shoes")
 
@@ -136,3 +136,14 @@ def test_mlflow_runs_finds_the_parent_and_each_step_run(tracking_uri):
     assert all(r["artifact_uri"].endswith(f"{r['run_id']}/artifacts") for r in runs.values())
     client = tracking.client(tracking_uri)
     assert experiment == client.get_experiment_by_name("reviewflow").experiment_id
+
+
+def test_a_branch_run_names_its_own_model_and_how_to_take_it_into_production():
+    name = "review-classifier.user.alice"
+    r = rows(report(name=name, branch="user.alice", served={"backend": "onnx-int8", "chose": "fastest"}).lines())
+    assert r["registered"][1] == "served by onnx-int8: fastest"
+    assert r["registered"][2] == f"load: mlflow.pyfunc.load_model('models:/{name}@champion')"
+    assert r["next"][-1] == (f"to prod:   python flows/promote_flow.py --production run --source models:/{name}/1 "
+                             "--reason 'why'")
+    production = rows(report(branch="prod").lines())
+    assert not any(line.startswith("to prod") for line in production["next"])

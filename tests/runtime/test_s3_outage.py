@@ -12,9 +12,11 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from infra.local import services
+from infra.local.mlflow_server import start_mlflow
+from infra.local.processes import stop_pid
+from infra.local.s3 import start_s3
 from tests.fixtures import write_reviews_csv
-from tests.flow_runs import FLOWS, TINY_TRAINING, flow_env
+from tests.flow_runs import BRANCH_MODEL, FLOWS, TINY_TRAINING, flow_env
 
 pytestmark = pytest.mark.flow
 
@@ -29,10 +31,10 @@ FAIL_FAST = {"METAFLOW_S3_RETRY_COUNT": "0", "METAFLOW_S3_TRANSIENT_RETRY_COUNT"
 
 
 def test_s3_outage_fails_clearly_and_resume_completes(tmp_path, tiny_model_dir, use_mlflow, monkeypatch):
-    s3 = services.start_s3(tmp_path / "s3")
+    s3 = start_s3(tmp_path / "s3")
     mlflow_server = None
     try:
-        mlflow_server = services.start_mlflow(tmp_path / "mlflow", f"s3://{s3.bucket}/mlartifacts", s3.env())
+        mlflow_server = start_mlflow(tmp_path / "mlflow", f"s3://{s3.bucket}/mlartifacts", s3.env())
         env = {**os.environ, **flow_env(tmp_path), **s3.env(),
                "METAFLOW_DATASTORE_SYSROOT_S3": f"s3://{s3.bucket}/metaflow-{uuid.uuid4().hex[:6]}",
                "MLFLOW_TRACKING_URI": mlflow_server.url, "MLFLOW_REGISTRY_URI": mlflow_server.url,
@@ -47,7 +49,7 @@ def test_s3_outage_fails_clearly_and_resume_completes(tmp_path, tiny_model_dir, 
         for line in proc.stdout:  # stop S3 as soon as training starts
             lines.append(line)
             if "/train/" in line and "Task is starting" in line:
-                services.stop_pid(s3.pid)
+                stop_pid(s3.pid)
                 break
             assert time.monotonic() < deadline, "".join(lines)
         lines.extend(proc.stdout)
@@ -56,7 +58,7 @@ def test_s3_outage_fails_clearly_and_resume_completes(tmp_path, tiny_model_dir, 
         assert "S3 access failed" in output and "Could not connect to the endpoint URL" in output
         assert "Workflow failed." in output and s3.secret_key not in output
 
-        s3 = services.start_s3(tmp_path / "s3", access_key=s3.access_key, secret_key=s3.secret_key, ports=s3.ports)
+        s3 = start_s3(tmp_path / "s3", access_key=s3.access_key, secret_key=s3.secret_key, ports=s3.ports)
         resumed = subprocess.run(flow + ["resume"], cwd=tmp_path, env=env, text=True, capture_output=True,
                                  timeout=600)
         assert resumed.returncode == 0, resumed.stdout + resumed.stderr
@@ -68,13 +70,13 @@ def test_s3_outage_fails_clearly_and_resume_completes(tmp_path, tiny_model_dir, 
 
         use_mlflow(mlflow_server.url)
         client = MlflowClient(tracking_uri=mlflow_server.url, registry_uri=mlflow_server.url)
-        versions = client.search_model_versions("name = 'review-classifier'")
+        versions = client.search_model_versions(f"name = '{BRANCH_MODEL}'")
         assert len(versions) == 1
         for key, value in s3.env().items():
             monkeypatch.setenv(key, value)
-        model = mlflow.pyfunc.load_model("models:/review-classifier@champion")
-        assert model.predict(pd.DataFrame({"reviewText": ["great , love it"]}))["label"].tolist() == [1]
+        model = mlflow.pyfunc.load_model(f"models:/{BRANCH_MODEL}@champion")
+        assert model.predict(pd.DataFrame({"reviewText": ["great , love it"]})).tolist() == [1]
     finally:
         if mlflow_server:
-            services.stop_pid(mlflow_server.pid)
-        services.stop_pid(s3.pid)
+            stop_pid(mlflow_server.pid)
+        stop_pid(s3.pid)

@@ -1,7 +1,7 @@
 """The evaluate step's card: test metrics, the champion on the same rows, slices, plots, the most confident errors."""
 from __future__ import annotations
 
-from flowkit.cards import fmt, short
+from flowkit.cards import fmt, one_decimal, short
 
 
 def evaluation_card(evaluation, verdict=None) -> list:
@@ -28,6 +28,7 @@ def evaluation_card(evaluation, verdict=None) -> list:
             if evaluation.champion_error else "No champion yet: nothing to compare with."))
     if verdict is not None:
         parts.append(Markdown(f"**Promotion gate: {verdict.tags()['gate']}** ({'; '.join(verdict.reasons)})"))
+    parts.extend(serving_section(evaluation.serving))
     parts.append(Markdown("## Confusion matrix"))
     parts.append(Table([["actual negative", m["true_negatives"], m["false_positives"]],
                         ["actual positive", m["false_negatives"], m["true_positives"]]],
@@ -57,3 +58,20 @@ def confident_errors_section(errors: list[dict]) -> list:
                      "of (confidence = the probability it gave its wrong answer). Read these first: wrong labels, "
                      "sarcasm, negation and product words the model over-trusts show up here."),
             Table(rows, headers=["#", "test row", "true label", "predicted", "confidence", "review text"])]
+
+
+def serving_section(serving: dict) -> list:
+    """What the registered model serves with, and how each backend did on the test rows."""
+    from metaflow.cards import Markdown, Table
+
+    if not serving:
+        return []
+    parts = [Markdown(f"## Served as\nThe numbers above are those of the logged model `{serving['model_uri']}`, "
+                      f"scored through its own predict path with the backend it serves with: "
+                      f"**{serving['backend']}** ({serving['chosen_because']}).")]
+    if serving.get("parity"):
+        parts.append(Table([[backend, fmt(f["accuracy"]), fmt(f["f1"]), f"{f['max_abs_diff']:.2e}",
+                             one_decimal(f["texts_per_s"]), "passed" if f["passed"] else "FAILED"]
+                            for backend, f in serving["parity"].items()],
+                           headers=["backend", "accuracy", "F1", "max |p - p_torch|", "texts/s", "parity"]))
+    return parts

@@ -1,0 +1,162 @@
+"""The team backend for real: PostgreSQL from the distribution's binaries, `mlflow server` on it with basic auth and
+artifacts in SeaweedFS, all on 127.0.0.1 and started here. ReviewFlow, PromoteFlow and PredictFlow run against it
+with the credentials; without them the flow stops at once with one line naming the settings; no password or key
+ends up in a log, an MLflow param, tag or artifact, or a Metaflow artifact; four flows started at once all finish."""
+import os
+import pickle
+import stat
+import tempfile
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from infra.local import postgres
+from infra.local.mlflow_server import start_mlflow
+from infra.local.processes import ServiceError, stop_pid
+from tests.fixtures import write_reviews_csv
+from tests.flow_runs import BRANCH_MODEL, TINY_TRAINING, run_flow
+
+pytestmark = pytest.mark.flow
+
+
+@pytest.fixture(scope="module")
+def team(s3_server, tiny_model_dir):
+    """PostgreSQL + MLflow (basic auth, artifacts in the session's S3 bucket) for this module."""
+    try:
+        postgres.binaries()
+    except ServiceError as err:
+        pytest.skip(f"the team backend needs PostgreSQL: {err}")
+    # PostgreSQL runs as the `postgres` user when the tests run as root: its folder must be reachable by it
+    state = Path(tempfile.mkdtemp(prefix="reviewflow-team-"))
+    state.chmod(state.stat().st_mode | stat.S_IRWXU | stat.S_IXOTH | stat.S_IROTH)
+    database = postgres.start_postgres(state / "postgres", ("mlflow", "mlflow_auth"))
+    prefix = f"team-{uuid.uuid4().hex[:8]}"
+    try:
+        server = start_mlflow(state / "mlflow", f"s3://{s3_server.bucket}/{prefix}/mlartifacts", s3_server.env(),
+                              backend_store_uri=database.uri("mlflow"),
+                              auth_database_uri=database.uri("mlflow_auth"), auth=True)
+    except Exception:
+        postgres.stop_postgres(database.data_dir)
+        raise
+    env = {**s3_server.env(), **server.env(), "METAFLOW_DEFAULT_DATASTORE": "s3",
+           "METAFLOW_DATASTORE_SYSROOT_S3": f"s3://{s3_server.bucket}/{prefix}/metaflow",
+           "METAFLOW_S3_RETRY_COUNT": "1"}
+    secrets = {"MLflow admin password": server.password, "PostgreSQL password": database.password,
+               "S3 secret key": s3_server.secret_key}
+    yield server, database, env, secrets
+    stop_pid(server.pid)
+    postgres.stop_postgres(database.data_dir)
+
+
+def test_requests_without_credentials_are_refused_and_the_flow_says_which_settings(team, tmp_path, tiny_model_dir):
+    server, _, env, secrets = team
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(f"{server.url}/api/2.0/mlflow/experiments/search?max_results=1", timeout=10)
+    assert refused.value.code == 401
+    anonymous = {k: v for k, v in env.items() if not k.startswith("MLFLOW_TRACKING_")}
+    data = write_reviews_csv(tmp_path / "reviews.csv", rows=80)
+    _, executing = run_flow("review_flow.py", tmp_path, env={**anonymous, "MLFLOW_TRACKING_USERNAME": "",
+                                                             "MLFLOW_TRACKING_PASSWORD": ""},
+                            data=str(data), model=str(tiny_model_dir), **TINY_TRAINING)
+    assert executing.status == "failed"
+    expected = (f"the MLflow server at {server.url} requires a login (HTTP 401): MLFLOW_TRACKING_USERNAME and "
+                "MLFLOW_TRACKING_PASSWORD are not set")
+    assert expected in executing.stdout + executing.stderr
+    assert not any(secret in executing.stdout + executing.stderr for secret in secrets.values())
+
+
+@pytest.fixture(scope="module")
+def team_runs(team, tmp_path_factory, tiny_model_dir):
+    """ReviewFlow, then PromoteFlow (history) and PredictFlow, against the team backend."""
+    server, _, env, _ = team
+    workdir = tmp_path_factory.mktemp("team-flows")
+    data = write_reviews_csv(workdir / "reviews.csv", rows=160)
+    review, review_run = run_flow("review_flow.py", workdir, env=env, data=str(data), model=str(tiny_model_dir),
+                                  seed=1, **TINY_TRAINING)
+    assert review_run.status == "successful", review_run.stderr[-3000:]
+    promote, promote_run = run_flow("promote_flow.py", workdir, env=env, history=True)
+    assert promote_run.status == "successful", promote_run.stderr[-3000:]
+    predict, predict_run = run_flow("predict_flow.py", workdir, env=env, data=str(data),
+                                    output=str(workdir / "preds.csv"))
+    assert predict_run.status == "successful", predict_run.stderr[-3000:]
+    return workdir, {"review": (review, review_run), "promote": (promote, promote_run),
+                     "predict": (predict, predict_run)}
+
+
+def _client(server):
+    os.environ.update(MLFLOW_TRACKING_USERNAME=server.username, MLFLOW_TRACKING_PASSWORD=server.password)
+    return MlflowClient(tracking_uri=server.url, registry_uri=server.url)
+
+
+def test_the_flows_run_against_postgresql_behind_auth_with_artifacts_in_s3(team, team_runs, monkeypatch):
+    server, _, env, _ = team
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    client = _client(server)
+    versions = client.search_model_versions(f"name = '{BRANCH_MODEL}'")
+    assert [int(v.version) for v in versions] == [1]
+    assert client.get_model_version_by_alias(BRANCH_MODEL, "champion").version == "1"
+    workdir, runs = team_runs
+    scored = (workdir / "preds.csv").read_text().splitlines()
+    assert len(scored) == 161 and scored[0].endswith("model_name,model_version")
+    run = client.get_run(client.search_runs([client.get_experiment_by_name("reviewflow").experiment_id],
+                                            "tags.metaflow_flow = 'ReviewFlow'")[0].info.run_id)
+    assert run.info.artifact_uri.startswith("mlflow-artifacts:")  # proxied by the server into the S3 bucket
+
+
+def test_no_password_or_key_in_logs_params_tags_or_artifacts(team, team_runs, tmp_path, monkeypatch):
+    import mlflow
+
+    server, _, env, secrets = team
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    workdir, runs = team_runs
+    client = _client(server)
+    mlflow.set_tracking_uri(server.url)
+    found = []
+    for name, (run, executing) in runs.items():
+        for what, secret in secrets.items():
+            if secret in executing.stdout + executing.stderr:
+                found.append(f"{what} in the output of {name}")
+        for step in run:
+            for task in step:
+                for artifact in task:
+                    blob = pickle.dumps(artifact.data)
+                    found += [f"{what} in Metaflow artifact {task.pathspec}/{artifact.id}"
+                              for what, secret in secrets.items() if secret.encode() in blob]
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    for mlflow_run in client.search_runs(experiments):
+        text = repr(mlflow_run.data.params) + repr(mlflow_run.data.tags)
+        found += [f"{what} in params/tags of {mlflow_run.info.run_name}" for what, s in secrets.items() if s in text]
+        local = mlflow.artifacts.download_artifacts(run_id=mlflow_run.info.run_id,
+                                                    dst_path=str(tmp_path / mlflow_run.info.run_id))
+        found += _in_files(Path(local), secrets)
+    for model in mlflow.search_logged_models(experiment_ids=experiments, output_format="list"):
+        text = repr(model.params) + repr(model.tags)
+        found += [f"{what} in the logged model {model.model_id}" for what, s in secrets.items() if s in text]
+        local = mlflow.artifacts.download_artifacts(f"models:/{model.model_id}", dst_path=str(tmp_path / "m"))
+        found += _in_files(Path(local), secrets)
+    for version in client.search_model_versions(f"name = '{BRANCH_MODEL}'"):
+        found += [f"{what} in tags of v{version.version}" for what, s in secrets.items() if s in repr(version.tags)]
+    assert not found
+
+
+def _in_files(folder: Path, secrets: dict) -> list[str]:
+    return [f"{what} in {file}" for file in folder.rglob("*") if file.is_file()
+            for what, secret in secrets.items() if secret.encode() in file.read_bytes()]
+
+
+def test_four_flows_at_once_against_the_team_backend(team, tmp_path, tiny_model_dir, monkeypatch):
+    from tests.flows.test_concurrent_runs import check_registry, start_together
+
+    server, _, env, _ = team
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    before = len(_client(server).search_model_versions(f"name = '{BRANCH_MODEL}'"))
+    data = write_reviews_csv(tmp_path / "reviews.csv", rows=120)
+    start_together(tmp_path, data, tiny_model_dir, seeds=range(21, 25), env=env)
+    check_registry(_client(server), before + 4)
