@@ -398,16 +398,23 @@ def parse_retrain_args(text: str) -> dict:
         if setting is None:
             raise ReviewflowError(f"--retrain-args: {word!r} is not a ReviewFlow option; see "
                                   "`python flows/review_flow.py run --help`")
+        if setting.is_flag and "=" not in word:
+            params[setting.attr] = True
+            i += 1
+            continue
         if "=" in word:
             value = word.split("=", 1)[1]
-        elif setting.is_flag:
-            value = True
         elif i + 1 < len(words):
             i += 1
             value = words[i]
         else:
             raise ReviewflowError(f"--retrain-args: {word} needs a value")
-        params[setting.attr] = value
+        try:
+            params[setting.attr] = (value.strip().lower() in ("1", "true", "yes", "on") if setting.is_flag
+                                    else setting.type(value))
+        except ValueError:
+            kind = {int: "a whole number", float: "a number"}.get(setting.type, setting.type.__name__)
+            raise ReviewflowError(f"--retrain-args: {word} {value!r}: expected {kind}") from None
         i += 1
     return params
 

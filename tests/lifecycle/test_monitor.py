@@ -170,7 +170,10 @@ def test_the_watermark_is_read_from_the_last_finished_check_of_the_same_log(trac
 
 def test_retrain_args_become_review_flow_parameters():
     assert monitor.parse_retrain_args("--data 's3://b/new reviews/' --epochs 3 --force-retrain --seed=7") == {
-        "data": "s3://b/new reviews/", "epochs": "3", "force_retrain": True, "seed": "7"}
+        "data": "s3://b/new reviews/", "epochs": 3, "force_retrain": True, "seed": 7}
+    assert monitor.parse_retrain_args("--learning-rate 3e-3") == {"learning_rate": 0.003}
+    with pytest.raises(ReviewflowError, match="--epochs 'three': expected a whole number"):
+        monitor.parse_retrain_args("--epochs three")
     assert monitor.parse_retrain_args("") == {}
     with pytest.raises(ReviewflowError, match="'--epoch' is not a ReviewFlow option"):
         monitor.parse_retrain_args("--epoch 3")
