@@ -357,7 +357,9 @@ def monitor_plots(report: MonitorReport) -> dict[str, bytes]:
                   "champion, test split", "logged")
             left.axvline(np.searchsorted(CONFIDENCE_EDGES, LOW_CONFIDENCE) - 0.5, color="#999", linestyle="--",
                          linewidth=1)
-            left.set_title(f"confidence max(p, 1-p); low < {LOW_CONFIDENCE} (dashed)", fontsize=10)
+            psi_note = (f"PSI {histogram['value']:.3f} ({histogram['level']}); " if histogram["name"] == "confidence"
+                        else "")
+            left.set_title(f"confidence max(p, 1-p): {psi_note}low < {LOW_CONFIDENCE} (dashed)", fontsize=10)
             left.set_xlabel("confidence")
         if share is not None:
             _bars(right, ["negative", "positive"], share["training_shares"], share["new_shares"],

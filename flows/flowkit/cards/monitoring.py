@@ -1,7 +1,7 @@
 """MonitorFlow's card: the verdict, what was read, input drift and prediction drift against the champion, the plots."""
 from __future__ import annotations
 
-from flowkit.cards import fmt, short
+from flowkit.cards import short
 
 SAMPLE_TEXTS = 10
 TEXT_CHARS = 160
@@ -29,7 +29,9 @@ def monitoring_card(report, window: dict, plots: dict, action: str, mlflow_run_i
                       f"`{window['previous_watermark'] or '(start)'}`"
                       f"; {window['waiting']} newer file(s) left for the next check (younger than "
                       f"{window['settle_seconds']} s). Unreadable files: {len(window['unreadable'])}."),
-             Markdown(f"**Action:** {action}")]
+             Markdown(f"**Action:** {action}" if "\n" not in action else
+                      "**Action:** " + action.splitlines()[0] + "\n\n```\n" + "\n".join(
+                          line.strip() for line in action.splitlines()[1:]) + "\n```")]
     if report.served_by:
         parts.append(Table([[k, v] for k, v in report.served_by.items()], headers=["served by", "records"]))
     if report.input_features:
@@ -39,9 +41,9 @@ def monitoring_card(report, window: dict, plots: dict, action: str, mlflow_run_i
                            headers=["feature", "PSI", "level", "training data", "logged requests"]))
     if report.prediction_features:
         parts.append(Markdown("## Predictions"))
-        parts.append(Table([[f["name"], f["measure"], f"{f['value']:.3f}", fmt(f["threshold"]), f["level"],
+        parts.append(Table([[f["name"], f"{f['measure']} {f['value']:.3f}", f"{f['threshold']:g}", f["level"],
                              f["reference"], f["new"]] for f in report.prediction_features],
-                           headers=["check", "measure", "value", "drift at", "level", "reference", "logged"]))
+                           headers=["check", "value", "drift at", "level", "reference", "logged"]))
     t = monitor.thresholds()
     parts.append(Markdown(
         f"Thresholds: PSI >= {t['psi_drift']} is drift, >= {t['psi_moderate']} moderate. Confidence = max(p, 1 - p), "
