@@ -1,11 +1,13 @@
 """PredictFlow: batch-score a file of reviews with a registered model (by default the champion).
 
     python flows/predict_flow.py run --data reviews.csv --output preds.csv
-    python flows/predict_flow.py run --data new/ --output preds.parquet --model-uri models:/review-classifier/3
+    python flows/predict_flow.py run --data s3://bucket/new/ --text-column body --output s3://bucket/preds.parquet
 
-start (read, pin the model version) -> predict (score in batches; GPU when present) -> end (write the file).
-The input is read like ReviewFlow's --data, but only `reviewText` is required. Each output row carries the
-input columns plus label (1 = positive), probability_positive (softmax) and model_name / model_version.
+start (read, pin the model version) -> predict (score in batches; GPU when present) -> end (write the output).
+The input is read like ReviewFlow's --data (same formats, compression, encodings, s3://, same errors), but only the
+text column is required. Each output row carries the input's contract columns plus label (1 = positive),
+probability_positive (softmax) and model_name / model_version. With REVIEWFLOW_INFERENCE_LOG set, every scored text
+also goes to the inference log that MonitorFlow reads (docs/monitoring.md).
 """
 from metaflow import FlowSpec, Parameter, config_expr, current, project, resources, step
 
@@ -16,16 +18,17 @@ from flowkit.project import deploy_config
 
 
 @ship_library
-@settings("registered-model")
+@settings("registered-model", "text-column", "encoding")
 @project(name=config_expr("deploy.project"))
 class PredictFlow(FlowSpec):
     deploy = deploy_config()
     data = Parameter("data", required=True,
-                     help="Reviews to score: a CSV/TSV/Parquet/JSONL file, a directory of them, or sample:amazon. "
-                          "Needs a reviewText column; isPositive is optional (then accuracy is reported).")
+                     help="Reviews to score: a CSV/TSV/Parquet/JSONL file (CSV/TSV/JSONL optionally .gz/.bz2/.xz), a "
+                          "directory of them, s3://bucket/key or s3://bucket/prefix/, or sample:amazon. Needs the "
+                          "text column; isPositive is optional (then accuracy is reported).")
     output = Parameter("output", default="predictions.csv",
-                       help="Where to write the scored rows: .csv, .parquet or .jsonl (relative to the current "
-                            "directory).")
+                       help="Where to write the scored rows: a local path (relative to the current directory) or "
+                            "s3://bucket/key, ending in .csv, .parquet or .jsonl (.csv/.jsonl may add .gz/.bz2/.xz).")
     model_uri = Parameter("model-uri", default="",
                           help="Model to score with: models:/<name>@<alias>, models:/<name>/<version>, or any "
                                "MLflow model URI; empty = the champion of this branch's registered model "
@@ -35,16 +38,18 @@ class PredictFlow(FlowSpec):
     @step
     def start(self):
         from steps.data.ingest import load_texts
+        from steps.data.mapping import IngestOptions
         from steps.lifecycle.environments import registered_model_name
-        from steps.lifecycle.predict import check_output, resolve_model_uri
+        from steps.lifecycle.predict import check_output_location, resolve_model_uri
         from steps.runtime import tracking
 
-        check_output(self.output)
+        check_output_location(self.output)
+        options = IngestOptions.from_parameters(text_column=self.text_column, encoding=self.encoding)
         self.tracking_uri = tracking.resolve_tracking_uri()
         branch_model = registered_model_name(self.registered_model, current.branch_name)
         asked = self.model_uri or f"models:/{branch_model}@champion"
         self.model = resolve_model_uri(tracking.client(self.tracking_uri), asked).__dict__
-        self.reviews = load_texts(self.data)
+        self.reviews = load_texts(self.data, options)
         self.mlflow_run_id = tracking.start_flow_run(
             self.tracking_uri, current.flow_name, current.run_id, flow_parameters(self),
             tags={"model_uri": self.model["uri"]})
@@ -55,28 +60,55 @@ class PredictFlow(FlowSpec):
     @resources(gpu=1, cpu=4, memory=16000)
     @step
     def predict(self):
+        import time
+
         from steps.lifecycle.predict import ResolvedModel, load_model, predict_frame, prediction_summary
         from steps.runtime import tracking
+        from steps.serving.inference_log import InferenceLog
 
         resolved = ResolvedModel(**self.model)
         tracking.client(self.tracking_uri)  # points MLflow (registry included) at the flow's store
-        self.predictions = predict_frame(load_model(resolved, self.batch_size), self.reviews, resolved)
-        self.summary = prediction_summary(self.predictions)
+        started = time.perf_counter()
+        model = load_model(resolved, self.batch_size)
+        loaded = time.perf_counter()
+        inference_log = InferenceLog.from_env()
+        if inference_log is not None:
+            print(f"Inference log: {inference_log.location} ({inference_log.format})")
+        self.predictions = predict_frame(model, self.reviews, resolved, inference_log=inference_log)
+        scored = time.perf_counter() - loaded
+        self.summary = {**prediction_summary(self.predictions), "scoring_seconds": round(scored, 3),
+                        "texts_per_s": round(len(self.predictions) / scored, 2) if scored > 0 else 0.0,
+                        "model_load_seconds": round(loaded - started, 3)}
+        self.inference_log = None
+        if inference_log is not None:
+            self.inference_log = inference_log.close()
+            print("Inference log: {records_written} of {records_logged} records written in {batches_written} "
+                  "file(s), {failed_writes} failed write(s){more}".format(
+                      **self.inference_log, more=f"; last error: {self.inference_log['last_error']}"
+                      if self.inference_log["last_error"] else ""))
+        print(f"Scored {len(self.predictions)} reviews in {scored:.1f} s: {self.summary['texts_per_s']:,.1f} "
+              f"texts/s (model loaded in {loaded - started:.1f} s).")
         self.next(self.end)
 
     @step
     def end(self):
-        from steps.lifecycle.predict import write_predictions
+        from steps.lifecycle.predict import output_frame, write_predictions
         from steps.runtime import tracking
 
-        path = write_predictions(self.predictions, self.output)
+        path = write_predictions(output_frame(self.predictions, self.text_column), self.output)
         run = tracking.StepRun(tracking.client(self.tracking_uri), self.mlflow_run_id)
         run.params({"resolved_model_uri": self.model["uri"], "output_path": path})
         run.metrics(self.summary)
+        if self.inference_log is not None:
+            run.metrics({f"inference_log_{k}": v for k, v in self.inference_log.items()
+                         if k in ("records_written", "records_dropped", "failed_writes", "batches_written")})
+            run.tags({"inference_log": self.inference_log["location"]})
         run.flush()
         tracking.finish_flow_run(self.tracking_uri, self.mlflow_run_id)
         print(f"Wrote {len(self.predictions)} rows to {path}: "
               + ", ".join(f"{k} {v}" for k, v in self.summary.items()))
+        print(f"Throughput: {self.summary['texts_per_s']:,.1f} texts/s ({self.summary['rows']} texts in "
+              f"{self.summary['scoring_seconds']} s of scoring).")
 
 
 if __name__ == "__main__":

@@ -181,17 +181,21 @@ def _seen_bitmap(profile: dict):
 
 
 def profile_features(profile: dict, frame, tokenizer=None, seed: int = 0) -> tuple[dict, list[str]]:
-    """The same features for new rows, binned like `profile`; token features only with a tokenizer."""
+    """The same features for new rows, binned like `profile`; token features only with a tokenizer, the label
+    feature only when `frame` has labels (an inference log has predictions instead)."""
+    import numpy as np
+
     from steps.training.tokenize import encode
 
     reference = profile["features"]
     texts = frame[TEXT_COLUMN]
     lengths = text_lengths(texts)
     features = {
-        "label": {"shares": label_shares(frame[LABEL_COLUMN])},
         "text_chars": {**numeric_profile(lengths), "shares": binned_shares(lengths, reference["text_chars"]["edges"])},
         "charset": {"shares": charset_shares(texts)},
     }
+    if LABEL_COLUMN in frame.columns:
+        features["label"] = {"shares": label_shares(frame[LABEL_COLUMN])}
     notes = []
     if tokenizer is None:
         notes.append(f"token features skipped: tokenizer {profile['tokenizer']!r} could not be loaded here")
@@ -199,7 +203,8 @@ def profile_features(profile: dict, frame, tokenizer=None, seed: int = 0) -> tup
     sample = frame.sample(n=TOKEN_SAMPLE_ROWS, random_state=seed) if len(frame) > TOKEN_SAMPLE_ROWS else frame
     if len(sample) < len(frame):
         notes.append(f"token features from a seeded sample of {len(sample)} of {len(frame)} rows")
-    tokens = encode(sample[TEXT_COLUMN].tolist(), sample[LABEL_COLUMN].to_numpy(), tokenizer, profile["max_length"])
+    labels = sample[LABEL_COLUMN].to_numpy() if LABEL_COLUMN in sample.columns else np.zeros(len(sample), np.int64)
+    tokens = encode(sample[TEXT_COLUMN].tolist(), labels, tokenizer, profile["max_length"])
     features["token_length"] = {**numeric_profile(tokens.lengths),
                                 "shares": binned_shares(tokens.lengths, reference["token_length"]["edges"])}
     features["vocabulary"] = {"shares": vocabulary_shares(_content_ids(tokens.ids, tokenizer), _seen_bitmap(profile),
@@ -212,6 +217,22 @@ def _aligned(reference, new) -> tuple[list[float], list[float]]:
     if isinstance(reference, dict):
         return list(reference.values()), [new.get(key, 0.0) for key in reference]
     return list(reference), list(new)
+
+
+def bin_labels(feature: dict) -> list[str]:
+    """Names of a profile feature's bins, in order: its categories, or value ranges such as `<=12`, `13-20`, `>95`."""
+    if isinstance(feature["shares"], dict):
+        return list(feature["shares"])
+    edges = feature.get("edges", [])
+    if not edges:
+        return ["all"]
+
+    def number(v: float) -> str:
+        return f"{v:g}"
+
+    labels = [f"<={number(edges[0])}"]
+    labels += [f"{number(low)}-{number(high)}" for low, high in zip(edges, edges[1:])]
+    return labels + [f">{number(edges[-1])}"]
 
 
 def _summary(feature: dict) -> str:
@@ -266,9 +287,12 @@ def compare_to_profile(profile: dict, frame, tokenizer=None, champion_version: i
     for name, reference in profile["features"].items():
         if name not in new:
             continue
-        value = psi(*_aligned(reference["shares"], new[name]["shares"]))
+        training_shares, new_shares = _aligned(reference["shares"], new[name]["shares"])
+        value = psi(training_shares, new_shares)
         features.append({"name": name, "psi": round(value, 6), "level": level(value),
-                         "reference": _summary(reference), "new": _summary(new[name])})
+                         "reference": _summary(reference), "new": _summary(new[name]),
+                         "bins": bin_labels(reference), "training_shares": [round(v, 6) for v in training_shares],
+                         "new_shares": [round(v, 6) for v in new_shares]})
     worst = max((f["psi"] for f in features), default=0.0)
     return DriftReport(status=level(worst), champion_version=champion_version, features=features, notes=notes)
 
@@ -300,6 +324,13 @@ def check_drift(mlflow_client, registered_model: str, frame, load_tokenizer=None
     if profile is None:
         return DriftReport(status="no_champion" if version is None else "no_profile", champion_version=version,
                            notes=[why_not])
+    return compare_with_tokenizer(profile, frame, load_tokenizer, version, seed)
+
+
+def compare_with_tokenizer(profile: dict, frame, load_tokenizer=None, version: int | None = None,
+                           seed: int = 0) -> DriftReport:
+    """`compare_to_profile` with the profile's own tokenizer, loaded by `load_tokenizer(name)` (token features are
+    skipped, with a note, when it cannot be loaded or no longer matches the profile)."""
     tokenizer, notes = None, []
     if load_tokenizer is not None:
         try:

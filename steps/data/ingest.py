@@ -268,28 +268,36 @@ def load_reviews(data: str, max_rows: int = 0, seed: int = 0, options: IngestOpt
     )
 
 
-def load_texts(data: str):
-    """Reviews to score (PredictFlow): the same files, directories, samples and readers as `load_reviews`, but
-    only `reviewText` is required. A label column, when present, is checked and kept like in training."""
+def load_texts(data: str, options: IngestOptions | None = None):
+    """Reviews to score (PredictFlow): the same files, directories, s3:// objects, samples and readers as
+    `load_reviews`, but only the text column is required (`options.text_column`, default reviewText; it becomes
+    reviewText). A label column, when present, is checked and kept like in training."""
     import pandas as pd
 
+    options = options or IngestOptions()
     contract = load_contract()
-    text, label = contract["text_column"], contract["label_column"]
+    label = contract["label_column"]
+    text = options.source_text_column
     if data.startswith(SAMPLE_PREFIX):
         from steps.data.samples import load_sample
 
+        if not options.is_default:
+            raise ReviewflowError(f"--data {data} is already in the canonical schema; --text-column and --encoding "
+                                  "apply to your own files only")
         named = [(data, load_sample(data[len(SAMPLE_PREFIX):]))]
     else:
-        named = [(str(p), read_file(p)) for p in input_files(data)]
+        named = [(str(p), read_file(p, options)) for p in input_files(data)]
     parts = []
     for origin, raw in named:
         if text not in raw.columns:
-            raise ReviewflowError(f"{origin}: missing the text column '{text}'; found columns {list(raw.columns)}. "
-                                  f"Rename the column that holds the review text to '{text}'.")
+            hint = ("Pass --text-column NAME with the column that holds the review text"
+                    if not options.text_column else "Check the name given as --text-column")
+            raise ReviewflowError(f"{origin}: missing the text column '{text}'; found columns "
+                                  f"{[str(c) for c in raw.columns]}. {hint}.")
         if label in raw.columns:
-            parts.append(canonicalize(raw, origin))
+            parts.append(canonicalize(raw, origin, options))
         else:  # text-only: canonicalize with a placeholder label, then drop it
-            parts.append(canonicalize(raw.assign(**{label: pd.NA}), origin).drop(columns=[label]))
+            parts.append(canonicalize(raw.assign(**{label: pd.NA}), origin, options).drop(columns=[label]))
     return pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
 
 

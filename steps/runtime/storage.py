@@ -126,12 +126,15 @@ def _missing(err: Exception) -> bool:
     return isinstance(err, ClientError) and str(err.response["Error"].get("Code")) in ("404", "NoSuchKey", "NotFound")
 
 
-def list_objects(uri: str, suffixes: tuple[str, ...] | None = None) -> list[str]:
-    """The object URIs under an s3:// prefix (or the object itself), sorted, optionally filtered by suffix."""
+def list_objects(uri: str, suffixes: tuple[str, ...] | None = None, start_after: str = "") -> list[str]:
+    """The object URIs under an s3:// prefix (or the object itself), sorted, optionally filtered by suffix.
+
+    `start_after`: a key (relative to the prefix) after which to start; only keys sorting after it are listed.
+    """
     location = parse_s3(uri)
     client = s3_client()
     with guarded(uri):
-        if location.key and not location.key.endswith("/"):
+        if location.key and not location.key.endswith("/") and not start_after:
             try:
                 client.head_object(Bucket=location.bucket, Key=location.key)
                 return [uri]
@@ -140,7 +143,8 @@ def list_objects(uri: str, suffixes: tuple[str, ...] | None = None) -> list[str]
                     raise
         prefix = location.key.rstrip("/") + "/" if location.key else ""
         keys = []
-        for page in client.get_paginator("list_objects_v2").paginate(Bucket=location.bucket, Prefix=prefix):
+        after = {"StartAfter": prefix + start_after} if start_after else {}
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=location.bucket, Prefix=prefix, **after):
             keys.extend(obj["Key"] for obj in page.get("Contents", []))
     keys = sorted(k for k in keys if not k.endswith("/") and (not suffixes or k.lower().endswith(suffixes)))
     return [f"s3://{location.bucket}/{k}" for k in keys]
@@ -158,6 +162,24 @@ def check_bucket(uri: str) -> None:
     location = parse_s3(uri)
     with guarded(f"s3://{location.bucket}"):
         s3_client().head_bucket(Bucket=location.bucket)
+
+
+def upload_file(local_path: str | os.PathLike, uri: str) -> str:
+    """Copy a local file to the object `uri` (s3://bucket/key); a missing bucket, refused credentials or an
+    unreachable endpoint is one ReviewflowError naming the URI and the setting to fix."""
+    location = parse_s3(uri)
+    if not location.key or location.key.endswith("/"):
+        raise ReviewflowError(f"{uri}: no object key; give the full object name, e.g. s3://{location.bucket}/"
+                              "predictions/preds.parquet")
+    from boto3.exceptions import S3UploadFailedError
+
+    try:
+        with guarded(uri):
+            s3_client().upload_file(str(local_path), location.bucket, location.key)
+    except S3UploadFailedError as err:  # boto3 wraps the ClientError of a failed upload; unwrap what it says
+        cause = err.__cause__ or err.__context__
+        raise (explain(cause, uri) if cause is not None else ReviewflowError(f"{uri}: upload failed: {err}")) from None
+    return uri
 
 
 class _StreamingRaw(io.RawIOBase):

@@ -93,10 +93,10 @@ class ReviewClassifier(PythonModel):
         backend = os.environ.get("REVIEWFLOW_SERVING_BACKEND") or str(config.get("backend", "torch"))
         onnx = context.artifacts.get(ONNX_ARTIFACTS.get(backend, ""))
         self.text_column = str(config["text_column"])
-        self.model_name, self.model_version = str(config.get("model_name", "")), str(config.get("model_version", ""))
+        self.model_name, self.model_version = _identity(config, context.artifacts["classifier"])
         self.scorer = Scorer(context.artifacts["classifier"], backend, onnx, config.get("max_length", 128),
                              config.get("batch_size", 64), str(config.get("cuda_precision", "fp32")))
-        self.log = _inference_log()
+        self.log = _inference_log() if config.get("inference_log", True) else None  # False: the caller logs
 
     def predict(self, context, model_input, params=None):
         import numpy as np
@@ -117,6 +117,25 @@ class ReviewClassifier(PythonModel):
         if output == "probabilities":
             return pd.DataFrame({"label": labels, "probability_positive": probs})
         return pd.Series(np.asarray(labels), name="label")
+
+
+def _identity(config, classifier_dir):
+    """(name, version) recorded in the inference log: REVIEWFLOW_MODEL_NAME / REVIEWFLOW_MODEL_VERSION or the
+    model_config's, else the LoggedModel id from this model's MLmodel file (one id per trained model)."""
+    import os
+    from pathlib import Path
+
+    name = os.environ.get("REVIEWFLOW_MODEL_NAME") or str(config.get("model_name", ""))
+    version = os.environ.get("REVIEWFLOW_MODEL_VERSION") or str(config.get("model_version", ""))
+    if not version:
+        mlmodel = Path(classifier_dir).resolve().parents[1] / "MLmodel"
+        try:
+            for line in mlmodel.read_text(encoding="utf-8").splitlines():
+                if line.startswith("model_id:"):
+                    version = line.split(":", 1)[1].strip().strip("'\"")
+        except OSError:
+            pass
+    return name, version
 
 
 def _inference_log():

@@ -27,6 +27,15 @@ def _json_objects(text: str) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def argo_template(s3_server, tmp_path_factory):
+    return compiled_template("review_flow.py", s3_server, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def monitor_template(s3_server, tmp_path_factory):
+    return compiled_template("monitor_flow.py", s3_server, tmp_path_factory)
+
+
+def compiled_template(flow_file, s3_server, tmp_path_factory):
     """`argo-workflows create --only-json` with infra/k8s/metaflow-config.json; only the S3 endpoint and the
     metadata provider are pointed at this machine (the code package is uploaded to the local S3 server)."""
     home = tmp_path_factory.mktemp("metaflow-home")
@@ -34,8 +43,8 @@ def argo_template(s3_server, tmp_path_factory):
     env = {**os.environ, **s3_server.env(), "METAFLOW_HOME": str(home), "METAFLOW_PROFILE": "k8s",
            "METAFLOW_DATASTORE_SYSROOT_S3": f"s3://{s3_server.bucket}/deploy-test",
            "METAFLOW_DEFAULT_METADATA": "local", "USERNAME": "ci"}
-    cmd = [sys.executable, str(FLOWS / "review_flow.py"), "--production", "--with", "kubernetes", "argo-workflows",
-           "create", "--only-json"]  # as docs/retraining.md deploys it: the production branch owns the model
+    cmd = [sys.executable, str(FLOWS / flow_file), "--production", "--with", "kubernetes", "argo-workflows",
+           "create", "--only-json"]  # as docs/retraining.md deploys them: the production branch owns the model
     proc = subprocess.run(cmd, cwd=tmp_path_factory.mktemp("deploy"), env=env, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -59,6 +68,38 @@ def test_argo_template_has_the_schedule_gpu_image_and_event_trigger(argo_templat
     assert all("nvidia.com/gpu" not in containers[s]["resources"]["limits"] for s in steps if s != "train")
     assert all(containers[s]["image"] == "reviewflow/train:2026.11" for s in steps)
     assert json.loads(annotations["metaflow/dag"])["graph_structure"][0] == "start"
+
+
+def test_monitor_flow_is_scheduled_in_the_project_and_ships_the_library(monitor_template):
+    annotations = monitor_template["metadata"]["annotations"]
+    assert json.loads(annotations["metaflow/cron"])["schedule"] == "41 * * * *"
+    assert annotations["metaflow/project_name"] == "reviewflow"
+    assert json.loads(annotations.get("metaflow/triggers", "[]")) == []  # it raises the event; it is not triggered
+    containers = {t["name"]: t["container"] for t in monitor_template["spec"]["templates"] if t.get("container")}
+    assert {"start", "check", "end"} <= set(containers)
+    assert all(containers[s]["image"] == "reviewflow/train:2026.11" for s in ("start", "check", "end"))
+    assert all("nvidia.com/gpu" not in containers[s]["resources"]["limits"] for s in ("start", "check", "end"))
+    env = {e["name"]: e.get("value") for e in containers["end"]["env"]}
+    config = json.loads((K8S / "metaflow-config.json").read_text())
+    assert env["METAFLOW_ARGO_EVENTS_WEBHOOK_URL"] == config["METAFLOW_ARGO_EVENTS_WEBHOOK_URL"]
+
+
+def test_argo_events_manifests_match_the_metaflow_config():
+    """The webhook MonitorFlow publishes to, the event source and bus the ReviewFlow sensor listens on, and the
+    sensor's service account are the ones metaflow-config.json names, in the namespace the sensors live in."""
+    config = json.loads((K8S / "metaflow-config.json").read_text())
+    docs = {(d["kind"], d["metadata"]["name"]): d for d in yaml.safe_load_all((K8S / "argo-events.yaml").read_text())}
+    assert {d["metadata"]["namespace"] for d in docs.values()} == {config["METAFLOW_KUBERNETES_NAMESPACE"]}
+    assert ("EventBus", config["METAFLOW_ARGO_EVENTS_EVENT_BUS"]) in docs
+    source = docs[("EventSource", config["METAFLOW_ARGO_EVENTS_EVENT_SOURCE"])]
+    webhook = source["spec"]["webhook"][config["METAFLOW_ARGO_EVENTS_EVENT"]]
+    url = (f"http://{config['METAFLOW_ARGO_EVENTS_EVENT_SOURCE']}-eventsource-svc."
+           f"{config['METAFLOW_KUBERNETES_NAMESPACE']}.svc.cluster.local:{webhook['port']}{webhook['endpoint']}")
+    assert config["METAFLOW_ARGO_EVENTS_WEBHOOK_URL"] == url and webhook["method"] == "POST"
+    assert source["spec"]["service"]["ports"][0]["port"] == int(webhook["port"])
+    assert ("ServiceAccount", config["METAFLOW_ARGO_EVENTS_SERVICE_ACCOUNT"]) in docs
+    [binding] = [d for (kind, _), d in docs.items() if kind == "RoleBinding"]
+    assert binding["subjects"][0]["name"] == config["METAFLOW_ARGO_EVENTS_SERVICE_ACCOUNT"]
 
 
 def test_k8s_manifests_parse_and_wire_mlflow_to_postgres_and_s3():

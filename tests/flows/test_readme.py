@@ -10,7 +10,8 @@ import pytest
 
 from tests.flow_runs import ROOT
 
-FLOWS = {"ReviewFlow": "review_flow.py", "PromoteFlow": "promote_flow.py", "PredictFlow": "predict_flow.py"}
+FLOWS = {"ReviewFlow": "review_flow.py", "PromoteFlow": "promote_flow.py", "PredictFlow": "predict_flow.py",
+         "MonitorFlow": "monitor_flow.py"}
 HELP_OPTION = re.compile(r"^  (--[a-z0-9][a-z0-9-]*)")  # an option's own line in click's help, not a wrapped line
 TABLE_OPTION = re.compile(r"^\|\s*`(--[a-z0-9][a-z0-9-]*)`\s*\|")  # a table row whose first cell is an option
 HEADING = re.compile(r"^(#+)\s+(.*)$")

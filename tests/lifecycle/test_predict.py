@@ -4,6 +4,7 @@ import pytest
 from mlflow import MlflowClient
 
 from steps.data.ingest import load_texts
+from steps.data.mapping import IngestOptions
 from steps.evaluation import gate
 from steps.lifecycle import predict, registry
 from steps.runtime import tracking
@@ -26,7 +27,7 @@ def test_text_only_files_are_read_with_the_ingest_readers(tmp_path):
 
 def test_a_file_without_review_text_or_with_bad_labels_is_refused(tmp_path):
     pd.DataFrame({"text": ["great"]}).to_csv(tmp_path / "wrong.csv", index=False)
-    with pytest.raises(ReviewflowError, match=r"wrong.csv: missing the text column 'reviewText'.*Rename"):
+    with pytest.raises(ReviewflowError, match=r"wrong.csv: missing the text column 'reviewText'.*--text-column NAME"):
         load_texts(str(tmp_path / "wrong.csv"))
     pd.DataFrame({"reviewText": ["great"], "isPositive": ["yes"]}).to_csv(tmp_path / "labels.csv", index=False)
     with pytest.raises(ReviewflowError, match="isPositive"):
@@ -35,10 +36,32 @@ def test_a_file_without_review_text_or_with_bad_labels_is_refused(tmp_path):
         load_texts(str(tmp_path / "missing.csv"))
 
 
+def test_a_named_text_column_any_encoding_and_compression_are_read_like_ingest(tmp_path):
+    import gzip
+
+    frame = pd.DataFrame({"id": [7, 8], "body": ["Très bien, café parfait", "nul"]})
+    (tmp_path / "a.tsv.gz").write_bytes(gzip.compress(frame.to_csv(sep="\t", index=False).encode("cp1252")))
+    read = load_texts(str(tmp_path / "a.tsv.gz"), IngestOptions.from_parameters(text_column="body", encoding="cp1252"))
+    assert read["reviewText"].tolist() == ["Très bien, café parfait", "nul"]
+    with pytest.raises(ReviewflowError, match=r"a.tsv.gz: line 2: bytes e8 are not valid utf-8.*--encoding"):
+        load_texts(str(tmp_path / "a.tsv.gz"), IngestOptions.from_parameters(text_column="body"))
+    with pytest.raises(ReviewflowError, match=r"missing the text column 'text'.*Check the name given as --text-column"):
+        load_texts(str(tmp_path / "a.tsv.gz"), IngestOptions.from_parameters(text_column="text", encoding="cp1252"))
+    with pytest.raises(ReviewflowError, match="apply to your own files only"):
+        load_texts("sample:amazon", IngestOptions.from_parameters(text_column="body"))
+    (tmp_path / "b.csv").write_bytes(b"PAR1 not really a csv")
+    with pytest.raises(ReviewflowError, match="b.csv: this is a Parquet file; name it .parquet"):
+        load_texts(str(tmp_path / "b.csv"))
+
+
 def test_output_format_follows_the_extension():
-    assert [predict.check_output(p) for p in ("a.csv", "b.PARQUET", "c.jsonl")] == ["csv", "parquet", "jsonl"]
-    with pytest.raises(ReviewflowError, match="--output preds.xlsx"):
-        predict.check_output("preds.xlsx")
+    assert [predict.check_output(p) for p in ("a.csv", "b.PARQUET", "c.jsonl", "d.csv.gz", "s3://b/k/e.jsonl.xz")] \
+        == ["csv", "parquet", "jsonl", "csv", "jsonl"]
+    for bad in ("preds.xlsx", "preds.parquet.gz", "preds", "s3://bucket/out/"):
+        with pytest.raises(ReviewflowError, match=f"--output {bad}: write .csv, .parquet or .jsonl"):
+            predict.check_output(bad)
+    with pytest.raises(ReviewflowError, match="no bucket name"):
+        predict.check_output_location("s3:///preds.csv")
 
 
 @pytest.fixture
@@ -88,3 +111,39 @@ def test_every_row_is_scored_in_input_order_and_written(registered, tmp_path):
         assert len(back) == 5 and back["label"].tolist() == out["label"].tolist()
     with pytest.raises(ReviewflowError, match="--batch-size"):
         predict.load_model(resolved, batch_size=0)
+
+
+def test_scores_go_to_the_inference_log_and_to_s3_outputs(registered, s3_env, tmp_path, monkeypatch):
+    from steps.runtime import storage
+    from steps.serving.inference_log import InferenceLog
+
+    resolved = predict.resolve_model_uri(registered, "models:/review-classifier@champion")
+    model = predict.load_model(resolved, batch_size=4)
+    reviews = pd.DataFrame({"reviewText": pd.array([f"great phone {i}" for i in range(7)], dtype="string")})
+    log = InferenceLog(tmp_path / "log", flush_seconds=0.05)
+    out = predict.predict_frame(model, reviews, resolved, log=lambda _: None, inference_log=log)
+    assert log.close()["records_written"] == 7
+    [logged_file] = (tmp_path / "log").rglob("*.jsonl")
+    logged = pd.read_json(logged_file, lines=True, dtype=False)
+    assert logged["text"].tolist() == reviews["reviewText"].tolist()
+    assert logged["probability_positive"].tolist() == pytest.approx(out["probability_positive"].tolist())
+    assert set(logged["model_version"]) == {"1"} and set(logged["model_name"]) == {"review-classifier"}
+
+    written = predict.output_frame(out, "body")
+    assert written.columns[0] == "body"
+    for name in ("preds.parquet", "preds.csv.gz"):
+        uri = f"s3://{s3_env.bucket}/predict-test/{name}"
+        assert predict.check_output_location(uri) in ("parquet", "csv")
+        assert predict.write_predictions(written, uri) == uri
+        with storage.S3Object(uri).local_copy() as local:
+            back = pd.read_parquet(local) if name.endswith("parquet") else pd.read_csv(local)
+        assert back["body"].tolist() == reviews["reviewText"].tolist()
+        assert back["label"].tolist() == out["label"].tolist()
+    with pytest.raises(ReviewflowError, match="--output s3://missing-bucket-x/p.csv: .* bucket 'missing-bucket-x' "
+                                              "does not exist"):
+        predict.check_output_location("s3://missing-bucket-x/p.csv")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "readonlykey")  # the S3 server's read-only identity
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "readonly-secret-xyz")
+    with pytest.raises(ReviewflowError, match=rf"s3://{s3_env.bucket}/predict-test/denied.csv: access denied for "
+                                              "key read…"):
+        predict.write_predictions(written, f"s3://{s3_env.bucket}/predict-test/denied.csv")
