@@ -34,7 +34,7 @@ from steps.training import setup
 from steps.training.batching import bucketed_batches, collate, micro_batches, sorted_batches
 from steps.training.config import TrainConfig, TrainResult
 from steps.training.device import (
-    autocast_dtype,
+    choose_precision,
     free_memory,
     is_out_of_memory,
     pick_device,
@@ -85,7 +85,7 @@ class Trainer:
         self.log, self.checkpoints, self.progress = log, checkpoints, progress
         self.on_step, self.after_epoch, self.before_micro_batch = on_step, after_epoch, before_micro_batch
         self.device = pick_device(config.device)
-        self.dtype = autocast_dtype(self.device, config.precision)
+        self.dtype, self.precision_reason = choose_precision(self.device, config.precision, model)
         self.scaler = torch.amp.GradScaler("cuda") if self.dtype == torch.float16 else None
         if config.freeze_encoder:
             setup.freeze_encoder(model)
@@ -340,6 +340,8 @@ class Trainer:
     def describe(self) -> None:
         c, s = self.config, self.state
         total = sum(p.numel() for p in self.model.parameters())
+        if c.precision == "auto":
+            self.log(f"precision auto -> {precision_name(self.dtype)}: {self.precision_reason}")
         self.log(f"training on {self.device} ({precision_name(self.dtype)}, attention {self.attention}"
                  f"{', torch.compile' if self.compiled else ''}): {len(self.train)} reviews, {c.epochs} epoch(s) of "
                  f"{self.steps_per_epoch} steps; batch {c.effective_batch} = micro-batch {s.micro_batch_size} x "
