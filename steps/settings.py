@@ -139,8 +139,9 @@ SETTINGS: tuple[Setting, ...] = (
        "training"),
     _s("class-weights", str, "none", "none, or auto: weight the loss by inverse class frequency (for imbalanced "
        "data).", "training", choices=("none", "auto")),
-    _s("precision", str, "auto", "auto (bf16 autocast on GPU, fp16 where bf16 is missing; fp32 on CPU), fp32, "
-       "bf16 (also on CPUs with native bf16, e.g. AVX512-BF16/AMX), or fp16 (GPU).", "training",
+    _s("precision", str, "auto", "auto (GPU: bf16 autocast, fp16 where bf16 is missing; CPU: bf16 autocast where "
+       "the CPU has bf16 matrix units (AMX or AVX512-BF16) and the model is at least 256 wide, else fp32; the log "
+       "says which and why), fp32, bf16, or fp16 (GPU).", "training",
        choices=("auto", "fp32", "bf16", "fp16")),
     _s("compile", bool, False, "Compile the model with torch.compile (faster steps on GPU after a compile pause).",
        "training"),

@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 
 from steps.runtime import faults
 from steps.runtime.errors import ReviewflowError
@@ -33,13 +34,15 @@ from steps.training import setup
 from steps.training.batching import bucketed_batches, collate, micro_batches, sorted_batches
 from steps.training.config import TrainConfig, TrainResult
 from steps.training.device import (
-    autocast_dtype,
+    choose_precision,
     free_memory,
     is_out_of_memory,
     pick_device,
     precision_name,
     seed_everything,
 )
+from steps.training.embedding_grads import RowGradients
+from steps.training.first_token import first_token_only
 from steps.training.state import TrainingState, cpu_state_dict, resume_key
 
 
@@ -82,7 +85,7 @@ class Trainer:
         self.log, self.checkpoints, self.progress = log, checkpoints, progress
         self.on_step, self.after_epoch, self.before_micro_batch = on_step, after_epoch, before_micro_batch
         self.device = pick_device(config.device)
-        self.dtype = autocast_dtype(self.device, config.precision)
+        self.dtype, self.precision_reason = choose_precision(self.device, config.precision, model)
         self.scaler = torch.amp.GradScaler("cuda") if self.dtype == torch.float16 else None
         if config.freeze_encoder:
             setup.freeze_encoder(model)
@@ -100,11 +103,40 @@ class Trainer:
         self.optimizer = setup.optimizer(model, config, self.device)
         self.scheduler = setup.linear_warmup_decay(self.optimizer, self.warmup_steps, self.total_steps)
         self.state = TrainingState(micro_batch_size=config.batch_size)
+        self.row_grads = None  # RowGradients while run() trains on CPU
+        self.notes = []  # what the engine did to make steps cheaper, for the log
 
     # --- the job ---------------------------------------------------------------------------------------------
     def run(self) -> TrainResult:
         if self.checkpoints is not None:
             self.resume()  # replaces self.state with the checkpoint's
+        with self.cheaper_steps():
+            self.train_epochs()
+        self.model.to("cpu")
+        return self.result()
+
+    @contextmanager
+    def cheaper_steps(self):
+        """Exact shortcuts for the duration of training: the last layer computes only the token the classifier
+        reads (steps/training/first_token.py); on CPU the word embedding's gradient is kept as rows
+        (steps/training/embedding_grads.py)."""
+        probe_rows = sorted_batches(self.train.lengths, 4)[-1]  # the longest reviews: padding is checked too
+        ids, mask, _ = collate(self.train, probe_rows, self.device)
+        with first_token_only(self.model, {"input_ids": ids, "attention_mask": mask}) as why_not:
+            self.notes.append("last layer: first token only" if why_not is None
+                              else f"last layer: all tokens ({why_not})")
+            why_not = RowGradients.applicable(self.model, self.device, self.compiled)
+            self.row_grads = RowGradients(self.model) if why_not is None else None
+            self.notes.append("word-embedding gradient: rows" if why_not is None
+                              else f"word-embedding gradient: dense ({why_not})")
+            try:
+                yield
+            finally:
+                if self.row_grads is not None:
+                    self.row_grads.close()
+                    self.row_grads = None
+
+    def train_epochs(self) -> None:
         config, state = self.config, self.state
         self.describe()
         while state.epoch < config.epochs and not state.stopped_early:
@@ -119,8 +151,6 @@ class Trainer:
         if state.best_weights is not None and state.best_epoch != state.epoch:
             self.log(f"restoring the weights of epoch {state.best_epoch} (lowest val_loss {state.best_loss:.4f})")
             self.model.load_state_dict(state.best_weights)
-        self.model.to("cpu")
-        return self.result()
 
     def train_epoch(self) -> dict:
         """One pass over the training rows in length-bucketed optimizer steps; returns the epoch's metrics."""
@@ -193,7 +223,10 @@ class Trainer:
             self.back_off(failed, step)  # outside `except`: the traceback (and its tensors) is gone by now
         if self.scaler:
             self.scaler.unscale_(self.optimizer)
-        torch.nn.utils.clip_grad_norm_(self.trainable, self.config.max_grad_norm)
+        if self.row_grads is not None:
+            self.row_grads.clip(self.trainable, self.config.max_grad_norm)
+        else:
+            torch.nn.utils.clip_grad_norm_(self.trainable, self.config.max_grad_norm)
         if self.scaler:
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -307,10 +340,13 @@ class Trainer:
     def describe(self) -> None:
         c, s = self.config, self.state
         total = sum(p.numel() for p in self.model.parameters())
+        if c.precision == "auto":
+            self.log(f"precision auto -> {precision_name(self.dtype)}: {self.precision_reason}")
         self.log(f"training on {self.device} ({precision_name(self.dtype)}, attention {self.attention}"
                  f"{', torch.compile' if self.compiled else ''}): {len(self.train)} reviews, {c.epochs} epoch(s) of "
                  f"{self.steps_per_epoch} steps; batch {c.effective_batch} = micro-batch {s.micro_batch_size} x "
-                 f"{self.accumulation} accumulation; {self.warmup_steps} warmup steps of {self.total_steps}")
+                 f"{self.accumulation} accumulation; {self.warmup_steps} warmup steps of {self.total_steps}; "
+                 + "; ".join(self.notes))
         if c.freeze_encoder:
             self.log(f"--freeze-encoder: training only the classification head "
                      f"({sum(p.numel() for p in self.trainable):,} of {total:,} parameters)")

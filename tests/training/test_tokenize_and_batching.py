@@ -54,3 +54,40 @@ def test_collate_pads_to_the_longest_in_the_batch(tiny_tokenizer):
     assert ids.shape == (2, 6) and mask.sum(1).tolist() == [3, 6]
     assert ids[0, 3:].tolist() == [tokens.pad_token_id] * 3
     assert labels.tolist() == [1, 1]
+
+
+def test_word_piece_cache_gives_the_tokenizers_ids(tiny_tokenizer):
+    """ASCII texts take the cached path; every text, also the ones sent on to the tokenizer (non-ASCII, a special
+    token's text), gets exactly the tokenizer's ids, truncation included."""
+    import random
+
+    from steps.training.tokenize import WordPieceCache, _encode_with
+
+    rng = random.Random(0)
+    characters = [chr(i) for i in range(128)]
+    words = ["great", "PHONE", "works!", "don't", "e-mail", "x" * 120, "[MASK]", "[mask]", "[CLS]", "##ing",
+             "batteryscreen", "3.14", "\t", "\n", "é", "naïve", "\u2019", "\u00a0", "日本"]
+    texts = ["".join(rng.choice(characters) for _ in range(rng.randint(0, 60))) for _ in range(300)]
+    texts += [" ".join(rng.choice(words) for _ in range(rng.randint(0, 30))) for _ in range(300)]
+    texts += ["", "   ", "great phone", "the battery was very poor and the screen was junk after a week"]
+    for max_length in (32, 6, 2):
+        cache = WordPieceCache.for_tokenizer(tiny_tokenizer, max_length)
+        assert cache is not None
+        assert cache.encode(texts) == _encode_with(tiny_tokenizer, texts, max_length)
+        tokens = encode(texts, np.zeros(len(texts)), tiny_tokenizer, max_length, batch_size=100)
+        assert [tokens[i].tolist() for i in range(len(texts))] == _encode_with(tiny_tokenizer, texts, max_length)
+
+
+def test_other_tokenizers_take_the_general_path():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from steps.training.tokenize import WordPieceCache
+
+    vocab = {"[UNK]": 0, "[PAD]": 1, "great": 2, "phone": 3}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    word_level = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]")
+    assert WordPieceCache.for_tokenizer(word_level, 16) is None
+    tokens = encode(["great phone", "phone"], [1, 0], word_level, 16)
+    assert tokens[0].tolist() == [2, 3] and tokens[1].tolist() == [3]
