@@ -5,16 +5,18 @@
 
 start (read, pin the model version) -> predict (score in batches; GPU when present) -> end (write the file).
 The input is read like ReviewFlow's --data, but only `reviewText` is required. Each output row carries the
-input columns plus label (1 = positive), probability_positive (softmax) and model_name / model_version.
+input columns plus label (1 = positive), probability_positive (softmax) and model_name / model_version; with
+`--explain K` also top_tokens: the K most influential words with signed scores (steps/evaluation/explain.py).
 """
 from metaflow import FlowSpec, Parameter, current, resources, step
 
 from flowkit.launch import main
 from flowkit.packaging import ship_library
-from flowkit.parameters import flow_parameters
+from flowkit.parameters import flow_parameters, settings
 
 
 @ship_library
+@settings("explain-steps")
 class PredictFlow(FlowSpec):
     data = Parameter("data", required=True,
                      help="Reviews to score: a CSV/TSV/Parquet/JSONL file, a directory of them, or sample:amazon. "
@@ -26,6 +28,10 @@ class PredictFlow(FlowSpec):
                           help="Model to score with: models:/<name>@<alias>, models:/<name>/<version>, or any "
                                "MLflow model URI. Aliases are pinned to a version before scoring.")
     batch_size = Parameter("batch-size", default=64, type=int, help="Reviews per forward pass.")
+    explain = Parameter("explain", default=0, type=int,
+                        help="Add a top_tokens column: the K most influential words of every review with signed "
+                             "scores (positive = toward positive), by Layer Integrated Gradients for a transformer, "
+                             "exact contributions for the TF-IDF baseline. 0 = no explanations.")
 
     @step
     def start(self):
@@ -34,6 +40,11 @@ class PredictFlow(FlowSpec):
         from steps.runtime import tracking
 
         check_output(self.output)
+        if self.explain < 0 or (self.explain and self.explain_steps < 2):
+            from steps.runtime.errors import ReviewflowError
+
+            raise ReviewflowError(f"--explain must be 0 or more (got {self.explain}), and with --explain, "
+                                  f"--explain-steps at least 2 (got {self.explain_steps})")
         self.tracking_uri = tracking.resolve_tracking_uri()
         self.model = resolve_model_uri(tracking.client(self.tracking_uri), self.model_uri).__dict__
         self.reviews = load_texts(self.data)
@@ -52,8 +63,17 @@ class PredictFlow(FlowSpec):
 
         resolved = ResolvedModel(**self.model)
         tracking.client(self.tracking_uri)  # points MLflow (registry included) at the flow's store
-        self.predictions = predict_frame(load_model(resolved, self.batch_size), self.reviews, resolved)
+        model = load_model(resolved, self.batch_size)
+        self.predictions = predict_frame(model, self.reviews, resolved)
         self.summary = prediction_summary(self.predictions)
+        if self.explain:
+            from schemas import TEXT_COLUMN
+            from steps.evaluation.explain import explain_frame
+
+            column, cost = explain_frame(model, self.predictions[TEXT_COLUMN].fillna("").astype(str).tolist(),
+                                         self.explain, self.explain_steps)
+            self.predictions["top_tokens"] = column
+            self.summary.update({f"explain_{k}": v for k, v in cost.items()})
         self.next(self.end)
 
     @step

@@ -18,7 +18,7 @@ from flowkit.step_runs import closing_flow_run, fault_point, step_run
 
 
 @ship_library
-@settings("data", "model", "training", "gate", "registry")
+@settings("data", "model", "training", "gate", "registry", "explain")
 @project(name=config_expr("deploy.project"))
 @schedule(cron=config_expr("deploy.schedule"))  # used once deployed (Argo Workflows / Step Functions)
 @trigger(event=config_expr("deploy.event"))  # retrain when new reviews land (Argo Events)
@@ -136,17 +136,29 @@ class ReviewFlow(FlowSpec):
     @step
     def evaluate(self):
         from flowkit.cards.evaluation import evaluation_card
+        from flowkit.cards.explanations import explanations_section
+        from steps.evaluation.baseline import evaluate_baseline
         from steps.evaluation.evaluate import evaluate_against_champion
+        from steps.evaluation.explain import explain_test_reviews
+        from steps.evaluation.gate import with_baseline
 
         clear_training_checkpoints(self, self.trained_by)  # the trained model is an artifact now
         with step_run(self, "evaluate") as run:
             evaluation, verdict = evaluate_against_champion(
                 run, self.classifier, self.tokens["test"], self.test_rows, self.history, self.registered_model,
                 self.min_f1, self.max_regression)
+            baseline = evaluate_baseline(run, self.train_rows, self.test_rows, self.seed)  # TF-IDF, same rows
+            verdict = with_baseline(verdict, baseline.metrics["f1"], self.ignore_baseline)
+            run.tags(verdict.tags())
+            self.explanations = explain_test_reviews(run, self.classifier, self.test_rows, evaluation.probabilities,
+                                                     evaluation.confident_errors, self.max_length,
+                                                     self.explain_steps, self.seed)
+        self.baseline = baseline.summary()
         self.gate_verdict = verdict.as_dict()  # plain data: readable with the Metaflow client anywhere
         self.test_probabilities, self.test_metrics = evaluation.probabilities, evaluation.metrics
         self.test_slices, self.champion_comparison = evaluation.slices, evaluation.comparison
-        current.card["evaluation"].extend(evaluation_card(evaluation, verdict))
+        current.card["evaluation"].extend(evaluation_card(evaluation, verdict, self.baseline))
+        current.card["evaluation"].extend(explanations_section(self.explanations))
         print("\n".join(evaluation.summary_lines(verdict)))
         self.next(self.register)
 
@@ -176,7 +188,8 @@ class ReviewFlow(FlowSpec):
                 f"{current.flow_name}/{current.run_id}", __file__, self.tracking_uri, self.mlflow_run_id,
                 datastore_root(self), self.validation, self.retrain_reason,
                 *((self.split_sizes, self.test_metrics, self.champion_comparison, self.registration,
-                   self.gate_verdict["champion_version"]) if trained else ()))
+                   self.gate_verdict["champion_version"]) if trained else ()),
+                baseline=self.baseline if trained else None)
             print(self.run_summary)
 
 

@@ -9,7 +9,7 @@ settings with `training_input=True`, which is the default, plus the data fingerp
 
 Groups: `data` (what to read and how to check it), `model` (the encoder and what it sees), `training` (the
 engine: these become TrainConfig's fields), `gate` (the promotion rules), `registry` (where the model goes and
-what happens around training).
+what happens around training), `explain` (token attributions: what they cost, not what is trained).
 """
 from __future__ import annotations
 
@@ -154,13 +154,20 @@ SETTINGS: tuple[Setting, ...] = (
     _s("max-regression", float, 0.0, "Gate: the new version's test F1 may be at most this much below the "
        "champion's on the same test rows (0 = must not be worse).", "gate", range=Range(0, 1),
        training_input=False),
+    _s("ignore-baseline", bool, False, "Gate: do not require the new version's test F1 to be above the TF-IDF + "
+       "logistic regression baseline's on the same test rows (the baseline is still trained and reported).",
+       "gate", training_input=False),
     # --- registry: where the model goes, and whether to train at all -----------------------------------------------
     _s("registered-model", str, DEFAULT_REGISTERED_MODEL, "Name of the model in the MLflow model registry.",
        "registry", training_input=False),
     _s("force-retrain", bool, False, "Train even when the data, model and training settings equal the champion's "
        "(otherwise such a run ends after validation).", "registry", training_input=False),
+    # --- explain: token attributions (Layer Integrated Gradients) in the evaluate card and PredictFlow ------------
+    _s("explain-steps", int, 50, "Integration steps of Layer Integrated Gradients per explained review (more: a "
+       "smaller convergence delta, proportionally slower).", "explain", range=Range(low=2), zero_means="no "
+       "explanations", training_input=False),
 )
-GROUPS = ("data", "model", "training", "gate", "registry")
+GROUPS = ("data", "model", "training", "gate", "registry", "explain")
 BY_NAME = {s.name: s for s in SETTINGS}
 
 
