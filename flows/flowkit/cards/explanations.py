@@ -106,9 +106,10 @@ def explanations_section(explained: dict) -> list:
         for i, r in enumerate(chosen, 1):
             top = ", ".join(f"{inert(w['text'])} {w['score']:+.2f}"
                             for w in sorted(r["words"], key=lambda w: -abs(w["score"]))[:3])
-            blocks.append(f"**{i}.** test row {r['row']}: true {NAMES.get(r['label'])}, predicted "
+            # Raw HTML blocks: Markdown leaves their (inert) text alone instead of escaping its entities again.
+            blocks.append(f"<div><b>{i}.</b> test row {r['row']}: true {NAMES.get(r['label'])}, predicted "
                           f"{NAMES.get(r['predicted'])} (p positive {r['probability_positive']:.3f}); delta "
-                          f"{r['delta']:+.4f}; strongest: {top}")
+                          f"{r['delta']:+.4f}; strongest: {top}</div>")
             blocks.append(heatmap_html(r))
         parts.append(Markdown("\n\n".join(blocks)))
     return parts
