@@ -33,6 +33,9 @@ class CompareFlow(FlowSpec):
     cv_folds = Parameter("cv-folds", default=0, type=int,
                          help="0: one grouped train/validation/test split, as ReviewFlow's. K (2-20): grouped, "
                               "stratified K-fold cross-validation by reviewId; the table shows mean ± std.")
+    extra_data = Parameter("extra-data", default="",
+                           help="Comma-separated labelled files (read like --data) that every candidate also scores: "
+                                "one accuracy column each, e.g. out-of-domain reviews.")
 
     @step
     def start(self):
@@ -63,6 +66,7 @@ class CompareFlow(FlowSpec):
     def ingest(self):
         from steps.data.ingest import ingest_reviews
         from steps.data.mapping import IngestOptions
+        from steps.evaluation.compare import load_extra
 
         with step_run(self, "ingest") as run:
             options = IngestOptions.from_parameters(self.text_column, self.label_column, self.positive_values,
@@ -70,6 +74,7 @@ class CompareFlow(FlowSpec):
             result = ingest_reviews(run, self.mlflow_run_id, self.data, self.max_rows, self.seed, options)
         self.reviews, self.review_origin, self.ingest_rejects = result.frame, result.origin, result.rejected
         self.fingerprint = result.fingerprint
+        self.extra_sets = load_extra(self.extra_data, self.seed)
         self.next(self.validate)
 
     @step
@@ -121,7 +126,7 @@ class CompareFlow(FlowSpec):
         print(f"{chosen.spec}: fold {self.input + 1} of {len(self.folds)}")
         # Speed and size are measured once per candidate (fold 0): they do not depend on the fold.
         self.row = {**run_candidate(chosen, self.folds[self.input], values, seed=self.seed,
-                                    measure=self.input == 0), "fold": self.input}
+                                    measure=self.input == 0, extra=self.extra_sets), "fold": self.input}
         log_fold(tracking.client(self.tracking_uri), self.candidate_run_id, self.row, self.input)
         self.next(self.join_folds)
 

@@ -190,9 +190,10 @@ def _directory_bytes(path) -> int:
 
 # --- one candidate on one fold ---------------------------------------------------------------------------------
 def run_candidate(candidate: Candidate, split, values: dict, seed: int = 0, measure: bool = True,
-                  log=print) -> dict:
+                  extra: dict | None = None, log=print) -> dict:
     """Train `candidate` on split.train (validation for the best epoch), score split.test; with `measure`, also
-    the speed and size figures. Returns one table row (plain data)."""
+    the speed and size figures and the accuracy on each labelled frame of `extra` ({name: frame}: other data,
+    e.g. out-of-domain reviews). Returns one table row (plain data)."""
     from steps.evaluation.metrics import classification_metrics
 
     labels = split.test[LABEL_COLUMN].to_numpy()
@@ -241,6 +242,7 @@ def run_candidate(candidate: Candidate, split, values: dict, seed: int = 0, meas
     row.update({k: metrics[k] for k in ("accuracy", "f1", "roc_auc")})
     if measure:
         row.update(measure_speed(scorer, texts))
+        row["extra_accuracy"] = extra_accuracy(scorer, extra or {})
     row["train_seconds"] = round(row["train_seconds"], 2)
     row["train_samples_per_s"] = round(row["train_samples_per_s"], 2)
     log(f"{candidate.spec}: accuracy {row['accuracy']:.4f}, F1 {row['f1']:.4f}, ROC-AUC {row['roc_auc']:.4f}, "
@@ -250,12 +252,43 @@ def run_candidate(candidate: Candidate, split, values: dict, seed: int = 0, meas
     return row
 
 
+def extra_accuracy(scorer, frames: dict) -> dict:
+    """{name: accuracy} of the scorer on each labelled frame (threshold 0.5)."""
+    import numpy as np
+
+    out = {}
+    for name, frame in frames.items():
+        probs = scorer(frame[TEXT_COLUMN].astype(str).tolist(), 64)
+        out[name] = round(float(np.mean((probs >= 0.5).astype(int) == frame[LABEL_COLUMN].to_numpy().astype(int))), 4)
+    return out
+
+
+def load_extra(paths: str, seed: int = 0) -> dict:
+    """`--extra-data a.csv,b.csv`: each file read and mapped like --data (needs reviewText and isPositive)."""
+    from pathlib import Path
+
+    from steps.data.ingest import load_reviews
+    from steps.data.mapping import IngestOptions
+
+    frames = {}
+    for path in filter(None, (p.strip() for p in (paths or "").split(","))):
+        name = Path(path).stem if not path.startswith("sample:") else path
+        if name in frames:
+            raise ReviewflowError(f"--extra-data lists {name} twice")
+        frames[name] = load_reviews(path, 0, seed, IngestOptions()).frame
+        frames[name] = frames[name][frames[name][LABEL_COLUMN].notna()].reset_index(drop=True)
+        if not len(frames[name]):
+            raise ReviewflowError(f"--extra-data {path}: no labelled rows ({LABEL_COLUMN}) to score")
+    return frames
+
+
 def aggregate(rows: list[dict]) -> dict:
     """One row per candidate from its folds: the mean of each measured figure and, over 2+ folds, its std."""
     import numpy as np
 
     first = rows[0]
-    out = {k: first[k] for k in ("candidate", "model", "parameters", "size_bytes", "settings") if k in first}
+    out = {k: first[k] for k in ("candidate", "model", "parameters", "size_bytes", "settings", "extra_accuracy")
+           if k in first}
     out["folds"] = len(rows)
     out["train_rows"] = int(np.mean([r["train_rows"] for r in rows]))
     out["test_rows"] = int(sum(r["test_rows"] for r in rows))
@@ -304,10 +337,12 @@ COLUMNS = (("accuracy", "accuracy", 4), ("F1", "f1", 4), ("ROC-AUC", "roc_auc", 
 
 
 def table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
-    """(headers, cells) of the comparison table, best first."""
-    headers = ["candidate", *[c[0] for c in COLUMNS], "parameters", "size MB"]
+    """(headers, cells) of the comparison table, best first; one accuracy column per --extra-data file."""
+    extra = list(dict.fromkeys(name for r in rows for name in r.get("extra_accuracy") or {}))
+    headers = ["candidate", *[c[0] for c in COLUMNS], "parameters", "size MB", *[f"accuracy {n}" for n in extra]]
     cells = [[r["candidate"], *[_cell(r, key, digits) for _, key, digits in COLUMNS], f"{r['parameters']:,}",
-              f"{r['size_bytes'] / 1e6:,.1f}"] for r in ranked(rows)]
+              f"{r['size_bytes'] / 1e6:,.1f}",
+              *[f"{(r.get('extra_accuracy') or {}).get(n, float('nan')):.4f}" for n in extra]] for r in ranked(rows)]
     return headers, cells
 
 
@@ -370,6 +405,7 @@ def close_candidate_run(mlflow_client, run_id: str, row: dict) -> None:
     handle.metrics({names.get(k, k): v for k, v in row.items() if k in METRICS})
     handle.metrics({f"{names.get(k[:-4], k[:-4])}_std": v for k, v in row.items() if k.endswith("_std")})
     handle.metrics({"parameters": row["parameters"], "size_bytes": row["size_bytes"], "folds": row["folds"]})
+    handle.metrics({f"extra_accuracy.{name}": v for name, v in (row.get("extra_accuracy") or {}).items()})
     handle.json(row, "comparison/row.json")
     handle.flush()
     mlflow_client.set_terminated(run_id, "FINISHED")

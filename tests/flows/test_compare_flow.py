@@ -3,7 +3,7 @@ the MLflow parent and child runs, the card and the ReviewFlow command it prints.
 import pytest
 from mlflow import MlflowClient
 
-from tests.fixtures import build_tiny_bert, write_reviews_csv
+from tests.fixtures import build_tiny_bert, review_frame, write_reviews_csv
 from tests.flow_runs import card_components, run_flow
 
 pytestmark = pytest.mark.flow
@@ -16,9 +16,11 @@ def compared(tmp_path_factory, tiny_model_dir):
     workdir = tmp_path_factory.mktemp("compare-flow")
     data = write_reviews_csv(workdir / "reviews.csv", rows=400)
     bert = build_tiny_bert(workdir / "tiny-bert")
+    other = workdir / "other.csv"  # other reviews every candidate also scores (--extra-data)
+    review_frame(60, seed=5)[["reviewText", "isPositive"]].to_csv(other, index=False)
     models = f"{tiny_model_dir},{bert}[learning-rate=0.002],tfidf"
     run, executing = run_flow("compare_flow.py", workdir, data=str(data), models=models, cv_folds=2, epochs=3,
-                              batch_size=16, learning_rate=3e-3, max_length=32, seed=1)
+                              extra_data=str(other), batch_size=16, learning_rate=3e-3, max_length=32, seed=1)
     assert executing.status == "successful", executing.stderr[-5000:]
     return run, executing, workdir, {"distilbert": str(tiny_model_dir), "bert": f"{bert}[learning-rate=0.002]"}
 
@@ -37,6 +39,7 @@ def test_every_candidate_is_trained_and_scored_on_every_fold(compared):
         assert row["latency_ms_batch1"] > 0 and row["texts_per_s_batch64"] > 0, name
         assert row["parameters"] > 0 and row["size_bytes"] > 0, name
         assert row["accuracy"] > 0.8, (name, row["accuracy"])  # the synthetic sentiment words are easy
+        assert list(row["extra_accuracy"]) == ["other"] and row["extra_accuracy"]["other"] > 0.8, name
     assert results[names["bert"]]["settings"].count("learning-rate=0.002") == 1  # its own override
     assert "learning-rate=0.003" in results[names["distilbert"]]["settings"]
     assert results["tfidf"]["parameters"] < results[names["distilbert"]]["parameters"]
@@ -74,6 +77,7 @@ def test_the_card_has_the_table_the_plot_and_the_command_to_train_the_chosen_one
     assert "latency ms (batch 1)" in comparison["columns"] and "texts/s (batch 64)" in comparison["columns"]
     assert sorted(row[0] for row in comparison["data"]) == sorted([names["distilbert"], names["bert"], "tfidf"])
     assert all(" ± " in row[1] for row in comparison["data"])  # mean ± std over the 2 folds
+    assert comparison["columns"][-1] == "accuracy other"
     assert [c["label"] for c in components if c["type"] == "image"] == ["accuracy vs latency"]
     text = "\n".join(c["source"] for c in components if c["type"] == "markdown")
     command = run.data.train_command
