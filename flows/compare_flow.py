@@ -135,7 +135,9 @@ class CompareFlow(FlowSpec):
         from steps.evaluation.compare import aggregate, close_candidate_run
         from steps.runtime import tracking
 
-        self.merge_artifacts(inputs, exclude=["row"])
+        # The folds and the extra data served the fold tasks; a task that read them stores them again, and a
+        # re-pickled frame need not be byte-identical, which merge_artifacts would call a conflict.
+        self.merge_artifacts(inputs, exclude=["row", "folds", "extra_sets"])
         rows = sorted((i.row for i in inputs), key=lambda r: r["fold"])
         self.result = {**aggregate(rows), "fold_rows": rows}
         close_candidate_run(tracking.client(self.tracking_uri), self.candidate_run_id, self.result)

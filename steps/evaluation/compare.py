@@ -68,7 +68,7 @@ def _value(setting, text: str):
             return text.lower() in ("true", "on", "1")
         return setting.type(text)
     except ValueError:
-        raise ReviewflowError(f"--models: {setting.name}={text!r} is not a {setting.type.__name__}") from None
+        raise ReviewflowError(f"--models: {setting.name}={text!r} is not a valid {setting.type.__name__}") from None
 
 
 def parse_candidates(text: str) -> list[Candidate]:
