@@ -163,7 +163,7 @@ SETTINGS: tuple[Setting, ...] = (
     _s("force-retrain", bool, False, "Train even when the data, model and training settings equal the champion's "
        "(otherwise such a run ends after validation).", "registry", training_input=False),
     # --- explain: token attributions (Layer Integrated Gradients) in the evaluate card and PredictFlow ------------
-    _s("explain-steps", int, 50, "Integration steps of Layer Integrated Gradients per explained review (more: a "
+    _s("explain-steps", int, 32, "Integration steps of Layer Integrated Gradients per explained review (more: a "
        "smaller convergence delta, proportionally slower).", "explain", range=Range(low=2), zero_means="no "
        "explanations", training_input=False),
 )

@@ -18,7 +18,10 @@ import time
 
 BATCH_REVIEWS = 8  # reviews per attribution call; each is expanded to n_steps interpolated inputs
 INTERNAL_BATCH = 256  # interpolated inputs per forward/backward pass
-CORRECT_SAMPLE = 5  # correct test predictions explained on the evaluate card, besides the confident errors
+# The evaluate card explains the most confident errors and a seeded sample of correct predictions. Each review costs
+# about as much as training on `n_steps` reviews (a forward and a backward pass per step), so a few of each.
+CONFIDENT_ERRORS = 5
+CORRECT_SAMPLE = 3
 
 
 def _logit_difference(model):
@@ -132,9 +135,10 @@ def top_words(explanation: dict, k: int) -> list[dict]:
 
 
 # --- the evaluate step ---------------------------------------------------------------------------------------
-def pick_reviews(labels, probs, confident_errors: list[dict], seed: int = 0, correct: int = CORRECT_SAMPLE):
-    """Test rows to explain: the most confident errors (as listed by evaluate), then a seeded random sample of
-    correctly predicted rows. [(row, "error" | "correct")]."""
+def pick_reviews(labels, probs, confident_errors: list[dict], seed: int = 0, correct: int = CORRECT_SAMPLE,
+                 errors: int = CONFIDENT_ERRORS):
+    """Test rows to explain: the `errors` most confident errors (as listed by evaluate, most confident first), then
+    a seeded random sample of `correct` correctly predicted rows. [(row, "error" | "correct")]."""
     import numpy as np
 
     labels = np.asarray(labels).astype(int)
@@ -142,7 +146,7 @@ def pick_reviews(labels, probs, confident_errors: list[dict], seed: int = 0, cor
     right = np.flatnonzero(predicted == labels)
     sample = np.random.default_rng(seed).choice(right, size=min(correct, len(right)), replace=False) \
         if len(right) else []
-    return [(int(e["row"]), "error") for e in confident_errors] + [(int(i), "correct") for i in sorted(sample)]
+    return [(int(e["row"]), "error") for e in confident_errors[:errors]] + [(int(i), "correct") for i in sorted(sample)]
 
 
 def explain_test_reviews(run, classifier: bytes, test_rows, probabilities, confident_errors: list[dict],

@@ -128,8 +128,9 @@ def test_the_baseline_and_the_explanations_sit_beside_the_model(finished, tmp_pa
     explained = run.data.explanations
     errors = [r for r in explained["reviews"] if r["kind"] == "error"]
     evaluation = Path(client.download_artifacts(evaluate.info.run_id, "evaluation/evaluation.json", str(tmp_path)))
-    assert [r["row"] for r in errors] == [e["row"] for e in json.loads(evaluation.read_text())["confident_errors"]]
-    assert len(explained["reviews"]) - len(errors) == 5 and explained["n_steps"] == 50
+    confident = json.loads(evaluation.read_text())["confident_errors"]
+    assert [r["row"] for r in errors] == [e["row"] for e in confident][:5]  # the most confident first
+    assert len(explained["reviews"]) - len(errors) == 3 and explained["n_steps"] == 32
     for review in explained["reviews"]:
         assert review["text"] == " ".join(run.data.test_rows["reviewText"][review["row"]].split())
         total = sum(t["score"] for t in review["tokens"])
