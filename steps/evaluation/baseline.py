@@ -6,7 +6,9 @@ test rows, and logged as an MLflow pyfunc model with the transformer's output co
 `probability_positive`; steps/serving/baseline_model.py), so PredictFlow and CompareFlow can use it as a model.
 
 The regularisation strength C is chosen by grouped, stratified cross-validation on the train split (the same
-grouping as the split: by reviewId and identical text), by log-loss; with too few groups for that, C = 1.
+grouping as the split: by reviewId and identical text), by log-loss; with too few groups for that, C = 1. The
+vectorizer is fitted once on the whole train split and only the logistic regression is cross-validated (the
+idf weights then know the held-out folds' words, which can only nudge the choice of C; it is 5x faster).
 """
 from __future__ import annotations
 
@@ -33,20 +35,23 @@ def build_pipeline(c: float = 1.0, seed: int = 0):
 
     return Pipeline([
         ("tfidf", TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, lowercase=True, strip_accents="unicode")),
-        ("logreg", LogisticRegression(C=c, max_iter=2000, random_state=seed)),
+        ("logreg", LogisticRegression(C=c, solver="liblinear", max_iter=2000, random_state=seed)),
     ])
 
 
-def choose_c(texts, labels, groups, seed: int = 0) -> float:
-    """C with the lowest grouped cross-validated log-loss on the training rows (1.0 when they are too few)."""
+def choose_c(features, labels, groups, seed: int = 0) -> float:
+    """C with the lowest grouped cross-validated log-loss of the logistic regression on the training rows'
+    features (1.0 when there are too few groups for the folds)."""
     import numpy as np
     from sklearn.model_selection import StratifiedGroupKFold, cross_val_score
 
     labels = np.asarray(labels).astype(int)
     if len(np.unique(groups)) < 2 * CV_FOLDS or np.bincount(labels, minlength=2).min() < CV_FOLDS:
         return 1.0
-    folds = list(StratifiedGroupKFold(n_splits=CV_FOLDS, shuffle=True, random_state=seed).split(texts, labels, groups))
-    scores = {c: cross_val_score(build_pipeline(c, seed), texts, labels, cv=folds, scoring="neg_log_loss").mean()
+    splitter = StratifiedGroupKFold(n_splits=CV_FOLDS, shuffle=True, random_state=seed)
+    folds = list(splitter.split(np.zeros(len(labels)), labels, groups))
+    logreg = build_pipeline(seed=seed).named_steps["logreg"]
+    scores = {c: cross_val_score(logreg.set_params(C=c), features, labels, cv=folds, scoring="neg_log_loss").mean()
               for c in C_GRID}
     return max(scores, key=scores.get)
 
@@ -63,8 +68,11 @@ def train_baseline(train_rows, seed: int = 0):
         from steps.runtime.errors import ReviewflowError
 
         raise ReviewflowError("the TF-IDF baseline needs both classes in the train split; add reviews of both")
-    c = choose_c(texts, labels, group_keys(train_rows.reset_index(drop=True)), seed)
-    return build_pipeline(c, seed).fit(texts, labels)
+    pipeline = build_pipeline(seed=seed)
+    features = pipeline.named_steps["tfidf"].fit_transform(texts)
+    c = choose_c(features, labels, group_keys(train_rows.reset_index(drop=True)), seed)
+    pipeline.named_steps["logreg"].set_params(C=c).fit(features, labels)
+    return pipeline
 
 
 def positive_probabilities(pipeline, texts):
