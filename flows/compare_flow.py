@@ -19,8 +19,11 @@ from flowkit.launch import main
 from flowkit.packaging import ship_library
 from flowkit.parameters import flow_parameters, settings
 from flowkit.step_runs import step_run
+from steps import settings as catalog
 
-COMPARED_SETTINGS = ("data", "max-length", "training")
+# ReviewFlow's data options (but --fail-on-drift: there is no champion to drift from), --max-length and training.
+COMPARED_SETTINGS = (*(s.name for s in catalog.in_groups("data") if s.name != "fail-on-drift"), "max-length",
+                     "training")
 
 
 @ship_library
@@ -39,7 +42,6 @@ class CompareFlow(FlowSpec):
 
     @step
     def start(self):
-        from steps import settings as catalog
         from steps.data.folds import MAX_FOLDS
         from steps.evaluation.compare import check_candidates, parse_candidates
         from steps.runtime import tracking

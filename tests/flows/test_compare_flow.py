@@ -14,15 +14,15 @@ FIGURES = ("accuracy", "f1", "roc_auc", "train_samples_per_s", "train_seconds")
 @pytest.fixture(scope="module")
 def compared(tmp_path_factory, tiny_model_dir):
     workdir = tmp_path_factory.mktemp("compare-flow")
-    data = write_reviews_csv(workdir / "reviews.csv", rows=400)
+    data = write_reviews_csv(workdir / "reviews.csv", rows=800)  # 2 folds: ~320 training rows each
     bert = build_tiny_bert(workdir / "tiny-bert")
     other = workdir / "other.csv"  # other reviews every candidate also scores (--extra-data)
     review_frame(60, seed=5)[["reviewText", "isPositive"]].to_csv(other, index=False)
-    models = f"{tiny_model_dir},{bert}[learning-rate=0.002],tfidf"
-    run, executing = run_flow("compare_flow.py", workdir, data=str(data), models=models, cv_folds=2, epochs=3,
+    models = f"{tiny_model_dir},{bert}[learning-rate=0.004],tfidf"
+    run, executing = run_flow("compare_flow.py", workdir, data=str(data), models=models, cv_folds=2, epochs=4,
                               extra_data=str(other), batch_size=16, learning_rate=3e-3, max_length=32, seed=1)
     assert executing.status == "successful", executing.stderr[-5000:]
-    return run, executing, workdir, {"distilbert": str(tiny_model_dir), "bert": f"{bert}[learning-rate=0.002]"}
+    return run, executing, workdir, {"distilbert": str(tiny_model_dir), "bert": f"{bert}[learning-rate=0.004]"}
 
 
 def test_every_candidate_is_trained_and_scored_on_every_fold(compared):
@@ -31,7 +31,7 @@ def test_every_candidate_is_trained_and_scored_on_every_fold(compared):
     assert list(results) == [names["distilbert"], names["bert"], "tfidf"]  # in the order given
     for name, row in results.items():
         assert row["folds"] == 2 and [f["fold"] for f in row["fold_rows"]] == [0, 1], name
-        assert row["test_rows"] == 400, name  # each clean row is a test row in exactly one fold
+        assert row["test_rows"] == 800, name  # each clean row is a test row in exactly one fold
         for figure in FIGURES:
             folds = [f[figure] for f in row["fold_rows"]]
             assert row[figure] == pytest.approx(sum(folds) / 2, abs=1e-5), (name, figure)
@@ -40,7 +40,7 @@ def test_every_candidate_is_trained_and_scored_on_every_fold(compared):
         assert row["parameters"] > 0 and row["size_bytes"] > 0, name
         assert row["accuracy"] > 0.8, (name, row["accuracy"])  # the synthetic sentiment words are easy
         assert list(row["extra_accuracy"]) == ["other"] and row["extra_accuracy"]["other"] > 0.8, name
-    assert results[names["bert"]]["settings"].count("learning-rate=0.002") == 1  # its own override
+    assert results[names["bert"]]["settings"].count("learning-rate=0.004") == 1  # its own override
     assert "learning-rate=0.003" in results[names["distilbert"]]["settings"]
     assert results["tfidf"]["parameters"] < results[names["distilbert"]]["parameters"]
     assert "accuracy" in executing.stdout and "latency ms (batch 1)" in executing.stdout
@@ -82,5 +82,5 @@ def test_the_card_has_the_table_the_plot_and_the_command_to_train_the_chosen_one
     text = "\n".join(c["source"] for c in components if c["type"] == "markdown")
     command = run.data.train_command
     assert command.startswith("python flows/review_flow.py run ") and "--model " in command
-    assert "--epochs 3" in command and "--max-length 32" in command and "--data " in command
+    assert "--epochs 4" in command and "--max-length 32" in command and "--data " in command
     assert command in text and command in executing.stdout
