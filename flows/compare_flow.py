@@ -19,15 +19,13 @@ from flowkit.launch import main
 from flowkit.packaging import ship_library
 from flowkit.parameters import flow_parameters, settings
 from flowkit.step_runs import step_run
-from steps import settings as catalog
 
 # ReviewFlow's data options (but --fail-on-drift: there is no champion to drift from), --max-length and training.
-COMPARED_SETTINGS = (*(s.name for s in catalog.in_groups("data") if s.name != "fail-on-drift"), "max-length",
-                     "training")
+COMPARED_SETTINGS, NOT_COMPARED = ("data", "max-length", "training"), ("fail-on-drift",)
 
 
 @ship_library
-@settings(*COMPARED_SETTINGS)
+@settings(*COMPARED_SETTINGS, exclude=NOT_COMPARED)
 class CompareFlow(FlowSpec):
     models = Parameter("models", default="minilm,tfidf",
                        help="Candidates, comma-separated: any --model value ReviewFlow accepts (minilm, mpnet, a "
@@ -42,12 +40,14 @@ class CompareFlow(FlowSpec):
 
     @step
     def start(self):
+        from steps import settings as catalog
         from steps.data.folds import MAX_FOLDS
         from steps.evaluation.compare import check_candidates, parse_candidates
         from steps.runtime import tracking
         from steps.runtime.errors import ReviewflowError
 
-        self.values = {s.name: getattr(self, s.attr) for s in catalog.select(*COMPARED_SETTINGS)}
+        self.values = {s.name: getattr(self, s.attr) for s in catalog.select(*COMPARED_SETTINGS)
+                       if s.name not in NOT_COMPARED}
         catalog.check(self.values)
         if self.cv_folds != 0 and not 2 <= self.cv_folds <= MAX_FOLDS:
             raise ReviewflowError(f"--cv-folds must be 0 (one train/validation/test split) or 2 to {MAX_FOLDS}, "
