@@ -313,11 +313,13 @@ def review_flow_command(row: dict, base: dict, flow_file: str = "flows/review_fl
     import shlex
 
     values = {**base, **parse_candidates(row["candidate"])[0].overrides, "model": row["model"]}
+    from steps.training.models import identity
+
     options = []
     for setting in settings.select("data", "model", "training"):
         value = values.get(setting.name, setting.default)
-        if value == setting.default:
-            continue
+        if value == setting.default or (setting.name == "model" and identity(value) == identity(setting.default)):
+            continue  # the default model by its alias (minilm) too
         options.append(f"--{setting.name}" if setting.is_flag else f"--{setting.name} {shlex.quote(str(value))}")
     return " ".join([f"python {flow_file} run", *options])
 

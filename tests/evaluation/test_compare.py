@@ -65,6 +65,8 @@ def test_the_command_trains_the_chosen_candidate_on_the_same_data_and_settings()
     command = compare.review_flow_command(row, base)
     assert command == ("python flows/review_flow.py run --data 'my reviews.csv' --max-rows 1200 --model mpnet "
                        "--epochs 1 --learning-rate 0.0001 --freeze-encoder")
+    assert compare.review_flow_command({"candidate": "minilm", "model": "minilm"}, base).endswith(
+        "--max-rows 1200 --epochs 1")  # the default model needs no --model
 
 
 def test_a_tiny_candidate_is_trained_scored_and_measured(tiny_model_dir):
