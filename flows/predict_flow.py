@@ -7,7 +7,8 @@ start (read, pin the model version) -> predict (score in batches; GPU when prese
 The input is read like ReviewFlow's --data (same formats, compression, encodings, s3://, same errors), but only the
 text column is required. Each output row carries the input's contract columns plus label (1 = positive),
 probability_positive (softmax) and model_name / model_version. With REVIEWFLOW_INFERENCE_LOG set, every scored text
-also goes to the inference log that MonitorFlow reads (docs/monitoring.md).
+also goes to the inference log that MonitorFlow reads (docs/monitoring.md). With `--explain K` each row also carries top_tokens: the K most influential words with signed
+scores (steps/evaluation/explain.py).
 """
 from metaflow import FlowSpec, Parameter, config_expr, current, project, resources, step
 
@@ -18,7 +19,7 @@ from flowkit.project import deploy_config
 
 
 @ship_library
-@settings("registered-model", "text-column", "encoding")
+@settings("registered-model", "text-column", "encoding", "explain-steps")
 @project(name=config_expr("deploy.project"))
 class PredictFlow(FlowSpec):
     deploy = deploy_config()
@@ -34,6 +35,10 @@ class PredictFlow(FlowSpec):
                                "MLflow model URI; empty = the champion of this branch's registered model "
                                "(--production: of --registered-model). Aliases are pinned to a version first.")
     batch_size = Parameter("batch-size", default=64, type=int, help="Reviews per forward pass.")
+    explain = Parameter("explain", default=0, type=int,
+                        help="Add a top_tokens column: the K most influential words of every review with signed "
+                             "scores (positive = toward positive), by Layer Integrated Gradients for a transformer, "
+                             "exact contributions for the TF-IDF baseline. 0 = no explanations.")
 
     @step
     def start(self):
@@ -45,6 +50,11 @@ class PredictFlow(FlowSpec):
 
         check_output_location(self.output)
         options = IngestOptions.from_parameters(text_column=self.text_column, encoding=self.encoding)
+        if self.explain < 0 or (self.explain and self.explain_steps < 2):
+            from steps.runtime.errors import ReviewflowError
+
+            raise ReviewflowError(f"--explain must be 0 or more (got {self.explain}), and with --explain, "
+                                  f"--explain-steps at least 2 (got {self.explain_steps})")
         self.tracking_uri = tracking.resolve_tracking_uri()
         branch_model = registered_model_name(self.registered_model, current.branch_name)
         asked = self.model_uri or f"models:/{branch_model}@champion"
@@ -79,6 +89,14 @@ class PredictFlow(FlowSpec):
         self.summary = {**prediction_summary(self.predictions), "scoring_seconds": round(scored, 3),
                         "texts_per_s": round(len(self.predictions) / scored, 2) if scored > 0 else 0.0,
                         "model_load_seconds": round(loaded - started, 3)}
+        if self.explain:
+            from schemas import TEXT_COLUMN
+            from steps.evaluation.explain import explain_frame
+
+            column, cost = explain_frame(model, self.predictions[TEXT_COLUMN].fillna("").astype(str).tolist(),
+                                         self.explain, self.explain_steps)
+            self.predictions["top_tokens"] = column
+            self.summary.update({f"explain_{k}": v for k, v in cost.items()})
         self.inference_log = None
         if inference_log is not None:
             self.inference_log = inference_log.close()

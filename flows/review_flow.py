@@ -19,7 +19,7 @@ from flowkit.step_runs import closing_flow_run, fault_point, step_run
 
 
 @ship_library
-@settings("data", "model", "training", "gate", "serving", "registry")
+@settings("data", "model", "training", "gate", "serving", "registry", "explain")
 @project(name=config_expr("deploy.project"))
 @schedule(cron=config_expr("deploy.schedule"))  # used once deployed (Argo Workflows / Step Functions)
 @trigger(event=config_expr("deploy.event"))  # retrain when new reviews land (Argo Events)
@@ -138,20 +138,30 @@ class ReviewFlow(FlowSpec):
     @step
     def evaluate(self):
         from flowkit.cards.evaluation import evaluation_card
+        from flowkit.cards.explanations import explanations_section
+        from steps.evaluation.baseline import evaluate_baseline
         from steps.evaluation.evaluate import evaluate_served_model
+        from steps.evaluation.explain import explain_test_reviews
 
         clear_training_checkpoints(self, self.trained_by)  # the trained model is an artifact now
         with step_run(self, "evaluate") as run:
+            baseline = evaluate_baseline(run, self.train_rows, self.test_rows, self.seed)  # TF-IDF, same rows
             evaluation, verdict, served = evaluate_served_model(
                 run, self.mlflow_run_id, self.classifier, self.tokens["test"], self.test_rows, self.history,
                 self.model_name, max_length=self.max_length, trained_by=self.trained_by,
                 gate_settings=setting_values(self, "gate", exclude=("promote",), python_names=True),
-                serving_backend=self.serving_backend, cuda_precision=self.train_summary["precision"])
+                serving_backend=self.serving_backend, cuda_precision=self.train_summary["precision"],
+                baseline_f1=baseline.metrics["f1"])
+            self.explanations = explain_test_reviews(run, self.classifier, self.test_rows, evaluation.probabilities,
+                                                     evaluation.confident_errors, self.max_length,
+                                                     self.explain_steps, self.seed)
         self.served_model = served.__dict__  # the logged model that was scored: register registers exactly it
+        self.baseline = baseline.summary()
         self.gate_verdict = verdict.as_dict()  # plain data: readable with the Metaflow client anywhere
         self.test_probabilities, self.test_metrics = evaluation.probabilities, evaluation.metrics
         self.test_slices, self.champion_comparison = evaluation.slices, evaluation.comparison
-        current.card["evaluation"].extend(evaluation_card(evaluation, verdict))
+        current.card["evaluation"].extend(evaluation_card(evaluation, verdict, self.baseline))
+        current.card["evaluation"].extend(explanations_section(self.explanations))
         print("\n".join(evaluation.summary_lines(verdict)))
         self.next(self.register)
 
@@ -184,7 +194,7 @@ class ReviewFlow(FlowSpec):
                 *((self.split_sizes, self.test_metrics, self.champion_comparison, self.registration,
                    self.gate_verdict["champion_version"]) if trained else ()),
                 registered_model=self.registered_model, branch=current.branch_name,
-                served=self.served_model if trained else None)
+                served=self.served_model if trained else None, baseline=self.baseline if trained else None)
             print(self.run_summary)
 
 

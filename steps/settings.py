@@ -9,7 +9,8 @@ settings with `training_input=True`, which is the default, plus the data fingerp
 
 Groups: `data` (what to read and how to check it), `model` (the encoder and what it sees), `training` (the
 engine: these become TrainConfig's fields), `gate` (the promotion rules), `serving` (what the registered model runs on),
-`registry` (where the model goes and what happens around training).
+`registry` (where the model goes and what happens around training), `explain` (token attributions: what they cost,
+not what is trained).
 """
 from __future__ import annotations
 
@@ -158,6 +159,9 @@ SETTINGS: tuple[Setting, ...] = (
     _s("require-significance", float, 0.0, "Gate: with a champion, promote only a better model whose difference "
        "on the paired test predictions is significant, McNemar's exact p below this (e.g. 0.05; 0 = off).", "gate",
        range=Range(0, 1, high_open=True), training_input=False),
+    _s("ignore-baseline", bool, False, "Gate: do not require the new version's test F1 to be above the TF-IDF + "
+       "logistic regression baseline's on the same test rows (the baseline is still trained and reported).",
+       "gate", training_input=False),
     # --- serving: what the registered model runs on -------------------------------------------------------------
     _s("serving-backend", str, "auto", "What the registered model serves with: auto (the fastest of torch, onnx and "
        "onnx-int8 that passed its parity check on the test rows), or one of them.", "serving",
@@ -167,8 +171,12 @@ SETTINGS: tuple[Setting, ...] = (
        "registry", training_input=False),
     _s("force-retrain", bool, False, "Train even when the data, model and training settings equal the champion's "
        "(otherwise such a run ends after validation).", "registry", training_input=False),
+    # --- explain: token attributions (Layer Integrated Gradients) in the evaluate card and PredictFlow ------------
+    _s("explain-steps", int, 32, "Integration steps of Layer Integrated Gradients per explained review (more: a "
+       "smaller convergence delta, proportionally slower).", "explain", range=Range(low=2), zero_means="no "
+       "explanations", training_input=False),
 )
-GROUPS = ("data", "model", "training", "gate", "serving", "registry")
+GROUPS = ("data", "model", "training", "gate", "serving", "registry", "explain")
 BY_NAME = {s.name: s for s in SETTINGS}
 
 

@@ -36,8 +36,8 @@ def write_reviews_csv(path: Path, rows: int = 160, seed: int = 0) -> Path:
     return path
 
 
-def build_tiny_distilbert(directory: Path) -> Path:
-    """A 2-layer DistilBERT encoder with a vocabulary written here, saved with save_pretrained()."""
+def build_tiny_distilbert(directory: Path, dim: int = 32, seed: int = 0) -> Path:
+    """A 2-layer DistilBERT encoder (width `dim`) with a vocabulary written here, saved with save_pretrained()."""
     import torch
     from transformers import DistilBertConfig, DistilBertModel, DistilBertTokenizer
 
@@ -46,8 +46,8 @@ def build_tiny_distilbert(directory: Path) -> Path:
     vocab_file = directory / "vocab.txt"
     vocab_file.write_text("\n".join(vocab) + "\n")
     tokenizer = DistilBertTokenizer(vocab=str(vocab_file))
-    torch.manual_seed(0)
-    config = DistilBertConfig(vocab_size=len(vocab), dim=32, hidden_dim=64, n_layers=2, n_heads=2,
+    torch.manual_seed(seed)
+    config = DistilBertConfig(vocab_size=len(vocab), dim=dim, hidden_dim=2 * dim, n_layers=2, n_heads=2,
                               max_position_embeddings=64, pad_token_id=0)
     DistilBertModel(config).save_pretrained(directory)
     tokenizer.save_pretrained(directory)

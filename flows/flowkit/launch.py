@@ -32,7 +32,23 @@ def prepare_environment() -> None:
     mark_launch_from_terminal()  # launched from a terminal: the steps print progress lines (steps/runtime/progress.py)
 
 
-def main(flow_class) -> None:
+def with_run_defaults(argv: list[str], defaults: dict) -> list[str]:
+    """`argv` with run options added after `run`/`resume` where the command line does not give them itself
+    (e.g. {"--max-workers": "1"}: a flow that measures speed runs its tasks one at a time unless told otherwise)."""
+    commands = [i for i, arg in enumerate(argv) if arg in ("run", "resume")]
+    if not commands:
+        return list(argv)
+    at = commands[0] + 1
+    added = [part for option, value in defaults.items()
+             if not any(arg == option or arg.startswith(option + "=") for arg in argv) for part in (option, value)]
+    return [*argv[:at], *added, *argv[at:]]
+
+
+def main(flow_class, run_defaults: dict | None = None) -> None:
     """`if __name__ == "__main__": main(ReviewFlow)`: prepare the environment, then hand over to Metaflow."""
+    import sys
+
     prepare_environment()
+    if run_defaults:
+        sys.argv = with_run_defaults(sys.argv, run_defaults)
     flow_class()

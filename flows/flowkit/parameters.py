@@ -28,14 +28,15 @@ def as_parameter(setting: catalog.Setting) -> Parameter:
 
 class settings(FlowMutator):
     """Add settings of steps/settings.py to the flow as Parameters: whole groups ("training") or single settings
-    by option name ("min-f1")."""
+    by option name ("min-f1"), less those named in `exclude`."""
 
-    def init(self, *names: str):
-        self.names = names
+    def init(self, *names: str, exclude: tuple = ()):
+        self.names, self.exclude = names, tuple(exclude)
 
     def pre_mutate(self, mutable_flow):
         for setting in catalog.select(*self.names):
-            mutable_flow.add_parameter(setting.attr, as_parameter(setting))
+            if setting.name not in self.exclude:
+                mutable_flow.add_parameter(setting.attr, as_parameter(setting))
 
 
 def flow_parameters(flow) -> dict:

@@ -143,16 +143,19 @@ def log_evaluation(run, evaluation: Evaluation, verdict=None) -> None:
 
 def evaluate_served_model(run, parent_run_id: str, classifier: bytes, tokens, test_rows, history,
                           registered_model: str, *, max_length: int, trained_by: str, gate_settings: dict,
-                          serving_backend: str = "auto", cuda_precision: str = "fp32"):
+                          serving_backend: str = "auto", cuda_precision: str = "fp32",
+                          baseline_f1: float | None = None):
     """The evaluate step. Log the trained classifier as the model that will be served (its ONNX variants checked
     and the serving backend chosen: steps/serving/package.py), score the test split through that logged model's own
     predict path and the current champion of `registered_model` through its own, judge the promotion gate, and
     log it all: everything on the step's run, the test metrics on the LoggedModel (with the test dataset), the
-    headline ones and the gate on the flow's parent run. Returns (Evaluation, GateVerdict, ServedModel)."""
+    headline ones and the gate on the flow's parent run. `baseline_f1`: the TF-IDF baseline's F1 on the same test
+    rows, for the gate's baseline rule (gate_settings' ignore_baseline). Returns (Evaluation, GateVerdict,
+    ServedModel)."""
     import mlflow
 
     from schemas import LABEL_COLUMN
-    from steps.evaluation.gate import judge_evaluation
+    from steps.evaluation.gate import judge_evaluation, with_baseline
     from steps.lifecycle.promotion import CHAMPION, alias_version
     from steps.serving.package import find_served_model, log_served_model
     from steps.training.models import unpacked
@@ -173,7 +176,10 @@ def evaluate_served_model(run, parent_run_id: str, classifier: bytes, tokens, te
         champion_uri=None if champion is None else f"models:/{registered_model}/{champion}", champion_version=champion)
     evaluation.serving = {"model_uri": served.model_uri, "backend": served.backend, "chosen_because": served.chose,
                           "parity": served.parity}
-    verdict = judge_evaluation(evaluation.metrics, champion, evaluation.comparison, **gate_settings)
+    rules = dict(gate_settings)
+    ignore_baseline = bool(rules.pop("ignore_baseline", False))
+    verdict = with_baseline(judge_evaluation(evaluation.metrics, champion, evaluation.comparison, **rules),
+                            baseline_f1, ignore_baseline)
     log_evaluation(run, evaluation, verdict)
     run.tags(served.tags())
     test_set = mlflow.data.from_pandas(test_rows[[TEXT_COLUMN, LABEL_COLUMN]], name="test", targets=LABEL_COLUMN)

@@ -6,6 +6,9 @@ A candidate passes when ALL hold:
                     (trivially true when there is no champion yet)
   3. significance (only with require_significance = P > 0, and a champion): the candidate's F1 is higher and
                     McNemar's exact test on the paired test predictions gives p < P
+Whatever the thresholds, a model that predicts one class for every test review never passes (an F1 from the
+class balance alone is no model), and, unless --ignore-baseline, its F1 must be above the TF-IDF baseline's on
+the same test rows (`with_baseline`, steps/evaluation/baseline.py).
 The verdict keeps its inputs and one human-readable reason per rule, and turns into model-version tags.
 """
 from __future__ import annotations
@@ -116,5 +119,46 @@ def judge_evaluation(test_metrics: dict, champion_version: int | None, compariso
         champion_f1 = comparison["champion"]["f1"]
         mcnemar_p = comparison["mcnemar"]["p_value"]
         extra["mcnemar_p_value"] = f"{mcnemar_p:.4g}"
-    return judge(test_metrics["f1"], min_f1, max_regression, champion_f1, champion_version, extra,
-                 require_significance, mcnemar_p)
+    return with_one_class_rule(judge(test_metrics["f1"], min_f1, max_regression, champion_f1, champion_version, extra,
+                                     require_significance, mcnemar_p), test_metrics)
+
+
+def one_class_reason(test_metrics: dict) -> str | None:
+    """Why the model is no classifier, when it predicted the same class for every test review; else None."""
+    rows = test_metrics.get("rows") or 0
+    predicted_positive = test_metrics.get("true_positives", 0) + test_metrics.get("false_positives", 0)
+    if rows and predicted_positive in (0, rows):
+        which = "positive" if predicted_positive else "negative"
+        return f"predicts {which} for all {rows} test reviews: not a classifier (never promoted, whatever the options)"
+    return None
+
+
+def with_one_class_rule(verdict: GateVerdict, test_metrics: dict) -> GateVerdict:
+    """The verdict, failed with the reason when the model predicts one class for every test review."""
+    from dataclasses import replace
+
+    reason = one_class_reason(test_metrics)
+    if reason is None:
+        return verdict
+    return replace(verdict, passed=False, reasons=[*verdict.reasons, reason],
+                   extra={**verdict.extra, "one_class": "true"})
+
+
+def with_baseline(verdict: GateVerdict, baseline_f1: float | None, ignore_baseline: bool = False) -> GateVerdict:
+    """The verdict with the baseline rule: the candidate's F1 must be above the TF-IDF baseline's F1 on the same
+    test rows (`--ignore-baseline` records the comparison but does not decide on it). A baseline that could not
+    be scored (None) fails the rule unless it is ignored."""
+    from dataclasses import replace
+
+    extra = {**verdict.extra, "ignore_baseline": str(bool(ignore_baseline)).lower()}
+    if baseline_f1 is not None and math.isfinite(baseline_f1):
+        extra["baseline_f1"] = f"{baseline_f1:.6f}"
+        above = verdict.candidate_f1 > baseline_f1 + TOLERANCE
+        reason = (f"F1 {verdict.candidate_f1:.4f} {'>' if above else '<='} TF-IDF baseline {baseline_f1:.4f}"
+                  + (" (not required: --ignore-baseline)" if ignore_baseline else ""))
+    else:
+        above = False
+        reason = "the TF-IDF baseline could not be scored" + (" (ignored: --ignore-baseline)" if ignore_baseline
+                                                              else "")
+    passed = verdict.passed and (above or ignore_baseline)
+    return replace(verdict, passed=passed, reasons=[*verdict.reasons, reason], extra=extra)

@@ -93,13 +93,18 @@ def model_identity(model: str) -> str:
     """What the starting weights of `--model` are (see the module's docstring)."""
     from importlib import metadata
 
+    from steps.training import models
     from steps.training.models import PACKAGED_ALIASES, PACKAGED_DISTRIBUTION, resolve
 
     if model in PACKAGED_ALIASES:
         try:
-            return f"{PACKAGED_ALIASES[model]}@{PACKAGED_DISTRIBUTION}=={metadata.version(PACKAGED_DISTRIBUTION)}"
+            return f"{models.canonical_name(model)}@{PACKAGED_DISTRIBUTION}=={metadata.version(PACKAGED_DISTRIBUTION)}"
         except metadata.PackageNotFoundError:
             pass
+    if model in models.MPNET_ALIASES:  # the pinned archive of the part wheels, else the Hub's
+        if models._mpnet_parts() is not None:
+            return f"{models.MPNET_MODEL}@sha256:{models.MPNET_ZIP_SHA256[:16]}"
+        return hub_identity(models.MPNET_MODEL)
     path = Path(model).expanduser()
     if path.is_dir():
         return directory_identity(Path(resolve(model)))

@@ -366,8 +366,13 @@ def check_gate(mlflow_client, name: str, version: int, texts, labels, min_f1: fl
         comparison = compare_with_champion(labels, probs, champion_probs, champion)
     elif champion == version:
         comparison = compare_with_champion(labels, probs, probs, champion)
-    verdict = judge_evaluation(classification_metrics(labels, probs), champion, comparison, min_f1, max_regression,
-                               require_significance)
+    verdict = judge_evaluation(classification_metrics(labels, probs), champion, comparison,
+                                      min_f1, max_regression)
+    tags = mlflow_client.get_model_version(name, str(version)).tags
+    if "gate.baseline_f1" in tags:  # the TF-IDF baseline on the same test rows, as the version was registered
+        from steps.evaluation.gate import with_baseline
+
+        verdict = with_baseline(verdict, float(tags["gate.baseline_f1"]), tags.get("gate.ignore_baseline") == "true")
     return verdict, comparison
 
 

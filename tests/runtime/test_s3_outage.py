@@ -22,7 +22,8 @@ pytestmark = pytest.mark.flow
 
 
 def cli_args(params: dict) -> list[str]:
-    return [arg for k, v in params.items() for arg in (f"--{k.replace('_', '-')}", str(v))]
+    return [arg for k, v in params.items() if v is not False
+            for arg in ((f"--{k.replace('_', '-')}",) if v is True else (f"--{k.replace('_', '-')}", str(v)))]
 
 
 # Metaflow retries S3 for many minutes by default (flaky storage); here it should give up at once.

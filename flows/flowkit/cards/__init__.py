@@ -3,10 +3,13 @@ the results of steps/.
 
     training.py    the train step: epochs, per-step curves, out-of-memory back-offs, resumed epochs
     evaluation.py  the evaluate step: test metrics, the champion on the same rows, slices, plots, confident errors
+    explanations.py  the evaluate step: this model beside the TF-IDF baseline, word heatmaps (HTML made inert)
+    comparison.py  CompareFlow: the candidates' table, the accuracy-vs-latency plot, the command to train the best
     validation.py  the validate step: verdict, failed checks, expectations, quarantine, drift
     audit.py       PromoteFlow: the champion and the audit trail
 
-Review texts are untrusted: they reach a card only as table cells (rendered as text), shortened by `short`.
+Review texts are untrusted: they reach a card as table cells (rendered as text), shortened by `short`, or, in the
+word heatmaps, as HTML whose every markup character is a character reference (explanations.inert).
 """
 from __future__ import annotations
 

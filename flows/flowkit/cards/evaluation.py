@@ -4,8 +4,9 @@ from __future__ import annotations
 from flowkit.cards import fmt, one_decimal, short
 
 
-def evaluation_card(evaluation, verdict=None) -> list:
-    """Components for the evaluate step's card: metrics, champion comparison, slices and the plots."""
+def evaluation_card(evaluation, verdict=None, baseline: dict | None = None) -> list:
+    """Components for the evaluate step's card: metrics, champion comparison, the TF-IDF baseline (a
+    steps.evaluation.baseline.BaselineResult.summary()), slices and the plots."""
     from metaflow.cards import Image, Markdown, Table
 
     from steps.evaluation.metrics import COMPARED
@@ -29,6 +30,10 @@ def evaluation_card(evaluation, verdict=None) -> list:
     if verdict is not None:
         parts.append(Markdown(f"**Promotion gate: {verdict.tags()['gate']}** ({'; '.join(verdict.reasons)})"))
     parts.extend(serving_section(evaluation.serving))
+    if baseline is not None:
+        from flowkit.cards.explanations import baseline_section
+
+        parts.extend(baseline_section(m, baseline, verdict))
     parts.append(Markdown("## Confusion matrix"))
     parts.append(Table([["actual negative", m["true_negatives"], m["false_positives"]],
                         ["actual positive", m["false_negatives"], m["true_positives"]]],

@@ -1,0 +1,133 @@
+"""Explanations on a tiny model trained here on sentiment words: the attributions rank those words first, they add
+up to the logit difference within the reported convergence delta, batching does not change them; the TF-IDF
+baseline's contributions are exact; PredictFlow's top tokens come from a logged model."""
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from steps.evaluation import baseline, explain
+from steps.training.config import TrainConfig
+from steps.training.device import seed_everything
+from steps.training.loop import train_classifier
+from steps.training.models import load_classifier, load_tokenizer
+from steps.training.tokenize import encode
+from tests.fixtures import NEGATIVE_WORDS, NEUTRAL_WORDS, POSITIVE_WORDS, review_frame
+
+SENTIMENT = {1: set(POSITIVE_WORDS), 0: set(NEGATIVE_WORDS)}
+
+
+def sentence(rng: random.Random, label: int | None) -> str:
+    """Five neutral words and, unless label is None, one sentiment word of that class, shuffled."""
+    words = rng.sample(NEUTRAL_WORDS, 5)
+    if label is not None:
+        words.append(rng.choice(sorted(SENTIMENT[label])))
+    rng.shuffle(words)
+    return " ".join(words)
+
+
+@pytest.fixture(scope="module")
+def sentiment_model(tiny_model_dir):
+    """The tiny DistilBERT fine-tuned on reviews whose only signal is one sentiment word; reviews of neutral
+    words only are labelled either way, so "no sentiment word" means "undecided" to the model."""
+    rng = random.Random(0)
+    rows = [(sentence(rng, None), i % 2) if i % 3 == 2 else (sentence(rng, i % 3), i % 3) for i in range(600)]
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    tokens = encode([t for t, _ in rows], [y for _, y in rows], tokenizer, 32)
+    seed_everything(0)
+    model = load_classifier(str(tiny_model_dir))
+    train_classifier(model, tokens, None, TrainConfig(epochs=4, batch_size=16, learning_rate=3e-3, seed=0),
+                     log=lambda line: None, progress="quiet")
+    return model.eval(), tokenizer
+
+
+@pytest.fixture(scope="module")
+def test_reviews():
+    rng = random.Random(1)
+    return [(sentence(rng, label), label) for label in (1, 0) for _ in range(8)]
+
+
+def logit_difference(model, tokenizer, ids):
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+    return float(logits[0, 1] - logits[0, 0])
+
+
+def test_the_sentiment_word_is_ranked_first_with_the_sign_of_its_class(sentiment_model, test_reviews):
+    model, tokenizer = sentiment_model
+    explained = explain.explain_texts(model, tokenizer, [t for t, _ in test_reviews], 32, n_steps=50)
+    for (text, label), e in zip(test_reviews, explained):
+        assert e["text"] == text and [w["text"] for w in e["words"]] == text.split()  # words as written
+        top = max(e["words"], key=lambda w: abs(w["score"]))
+        assert top["text"] in SENTIMENT[label], (text, e["words"])
+        assert (top["score"] > 0) == (label == 1), (text, top)
+        assert explain.top_words(e, 1) == [{"token": top["text"], "score": round(top["score"], 4)}]
+
+
+def test_attributions_add_up_to_the_logit_difference_within_the_reported_delta(sentiment_model, test_reviews):
+    """Completeness, checked against the model itself: sum of token scores = f(review) - f(reference) up to the
+    delta captum reports, where f = logit(positive) - logit(negative) and the reference keeps [CLS]/[SEP] and
+    pads the rest. More integration steps shrink the delta."""
+    model, tokenizer = sentiment_model
+    texts = [t for t, _ in test_reviews]
+    coarse = explain.explain_texts(model, tokenizer, texts, 32, n_steps=4)
+    fine = explain.explain_texts(model, tokenizer, texts, 32, n_steps=100)
+    for text, e in zip(texts, fine):
+        ids = tokenizer(text, return_tensors="pt", return_token_type_ids=False)["input_ids"]
+        reference = ids.clone()
+        reference[0, 1:-1] = tokenizer.pad_token_id
+        change = logit_difference(model, tokenizer, ids) - logit_difference(model, tokenizer, reference)
+        total = sum(t["score"] for t in e["tokens"])
+        assert e["logit_difference"] - e["reference_logit_difference"] == pytest.approx(change, abs=1e-4)
+        assert abs(total - change) == pytest.approx(abs(e["delta"]), abs=1e-4)  # the delta is what is missing
+        assert abs(e["delta"]) <= 0.05 * abs(change) + 1e-3, (text, e["delta"], change)
+        assert sum(w["score"] for w in e["words"]) == pytest.approx(total, abs=1e-5)
+    assert max(abs(e["delta"]) for e in fine) < max(abs(e["delta"]) for e in coarse)
+
+
+def test_batching_does_not_change_the_attributions(sentiment_model, test_reviews):
+    model, tokenizer = sentiment_model
+    texts = [t for t, _ in test_reviews][:5] + ["love"]  # different lengths: padded inside a batch
+    batched = explain.explain_texts(model, tokenizer, texts, 32, n_steps=20, batch_size=6)
+    for text, together in zip(texts, batched):
+        (alone,) = explain.explain_texts(model, tokenizer, [text], 32, n_steps=20)
+        assert [w["text"] for w in alone["words"]] == [w["text"] for w in together["words"]]
+        np.testing.assert_allclose([w["score"] for w in together["words"]], [w["score"] for w in alone["words"]],
+                                   atol=1e-4)
+
+
+def test_the_linear_baseline_is_explained_exactly():
+    frame = review_frame(200)
+    pipeline = baseline.train_baseline(frame)
+    texts = ["great phone, love it", "broken after a week. refund!"]
+    explained = explain.explain_linear(pipeline, texts)
+    probs = baseline.positive_probabilities(pipeline, texts)
+    for e, p in zip(explained, probs):
+        logit = e["reference_logit_difference"] + sum(t["score"] for t in e["tokens"])
+        assert 1 / (1 + np.exp(-logit)) == pytest.approx(p, abs=1e-9) and e["delta"] == 0.0
+    assert explain.top_words(explained[0], 1)[0]["token"] in {"great", "love"}
+    assert explain.top_words(explained[1], 1)[0]["score"] < 0
+
+
+def test_predict_flow_columns_from_logged_models(tracking_uri, sentiment_model, tmp_path):
+    """explain_frame works on what PredictFlow loads: the registered transformer's pyfunc and the baseline's."""
+    import mlflow
+
+    from steps.lifecycle.registry import log_classifier
+
+    model, tokenizer = sentiment_model
+    model.save_pretrained(tmp_path / "classifier")
+    tokenizer.save_pretrained(tmp_path / "classifier")
+    with mlflow.start_run():
+        transformer = log_classifier(str(tmp_path / "classifier"), 32)
+        tfidf = baseline.log_baseline_model(baseline.train_baseline(review_frame(200)))
+    texts = ["the camera is excellent", "it was junk after a week", "phone"]
+    for info in (transformer, tfidf):
+        column, cost = explain.explain_frame(mlflow.pyfunc.load_model(info.model_uri), texts, k=2, n_steps=20)
+        tops = [json.loads(cell) for cell in column]
+        assert [len(t) for t in tops] == [2, 2, 1]
+        assert tops[0][0]["token"] == "excellent" and tops[0][0]["score"] > 0, (info.model_uri, tops)
+        assert tops[1][0]["token"] == "junk" and tops[1][0]["score"] < 0, (info.model_uri, tops)
+        assert cost["explained"] == 3 and cost["seconds_per_review"] > 0
