@@ -7,8 +7,8 @@ start (read, pin the model version) -> predict (score in batches; GPU when prese
 The input is read like ReviewFlow's --data (same formats, compression, encodings, s3://, same errors), but only the
 text column is required. Each output row carries the input's contract columns plus label (1 = positive),
 probability_positive (softmax) and model_name / model_version. With REVIEWFLOW_INFERENCE_LOG set, every scored text
-also goes to the inference log that MonitorFlow reads (docs/monitoring.md). With `--explain K` each row also carries top_tokens: the K most influential words with signed
-scores (steps/evaluation/explain.py).
+also goes to the inference log that MonitorFlow reads (docs/monitoring.md). With `--explain K` each row also
+carries top_tokens: the K most influential words with signed scores (steps/evaluation/explain.py).
 """
 from metaflow import FlowSpec, Parameter, config_expr, current, project, resources, step
 
