@@ -6,22 +6,27 @@
 Every contender trains the same model from the same weights on the same split (GroupShuffleSplit by
 reviewId, test 20%, random_state 0) with batch 16, lr 5e-5, AdamW (weight decay 0.01), linear warmup over 10%
 of the steps then linear decay, gradient clipping at 1.0, all weights trained, in its own fresh process
-with the same number of threads:
+with the same number of threads, in the same precision (`--precision`; `auto` = what reviewflow's
+`--precision auto` picks for this model on this machine):
 
-- reviewflow: steps/training/loop.py (length-bucketed batches, dynamic padding, fused AdamW; bf16 on CUDA).
+- reviewflow: steps/training/loop.py (length-bucketed batches, dynamic padding, fused AdamW, ...).
 - hf_trainer: transformers.Trainer with DataCollatorWithPadding and train_sampling_strategy="group_by_length"
-  (its defaults otherwise: fused AdamW; bf16 on CUDA).
+  (its defaults otherwise: fused AdamW); bf16=True / fp16=True for those precisions.
 - lab_loop: the notebook's loop: every review padded to max_length (128), DataLoader(shuffle=True),
-  torch.optim.AdamW, fp32.
+  torch.optim.AdamW, always fp32 (as the notebook had it).
 
-Each prints one JSON line: contender, train_samples_per_s, real_tokens_per_s (non-pad tokens trained per
-second), peak_rss_mb (the process's peak resident memory), accuracy and f1 on the test split (scored by the
-same code for all). Timing covers the training loop only (model loading, tokenization and scoring excluded).
-Diagnostics (training FLOP/s on real tokens against the machine's peak, padding, seconds) go to stderr.
+Each prints one JSON line: contender, precision, train_samples_per_s, samples_per_cpu_s (samples per second of
+the process's CPU time: on a shared machine wall time also counts other jobs), real_tokens_per_s (non-pad
+tokens trained per second), gflop_per_s (the model's training FLOPs on real tokens per second, see
+count_flops), peak_gflop_per_s (this machine's GEMM rate in that precision, measured in the same run with the
+same threads, per second of CPU time per thread) and share_of_peak (the training FLOPs per second of CPU time per
+thread, against that peak: both immune to other jobs on the machine), peak_rss_mb (the process's peak resident
+memory), accuracy and f1 on the test split (scored by the same code for all). Timing covers the training loop
+only (model loading, tokenization and scoring excluded). More diagnostics go to stderr.
 
 CPU (default): the packaged MiniLM-L6. `--device cuda`: a DistilBERT-sized encoder (6 layers, dim 768, 12 heads)
-with random weights (config only, nothing downloaded), bf16 for reviewflow and Trainer, MFU against the GPU's
-bf16 peak (`--peak-tflops` where the GPU is not in the table).
+with random weights (config only, nothing downloaded), MFU against the GPU's bf16 peak (`--peak-tflops` where
+the GPU is not in the table).
 """
 from __future__ import annotations
 
@@ -39,7 +44,8 @@ ROOT = Path(__file__).resolve().parents[2]
 runpy.run_path(str(ROOT / "flows" / "flowkit" / "__init__.py"))  # puts the library on sys.path, as for the flows
 
 CONTENDERS = ("reviewflow", "hf_trainer", "lab_loop")
-JSON_KEYS = ("contender", "train_samples_per_s", "real_tokens_per_s", "peak_rss_mb", "accuracy", "f1")
+JSON_KEYS = ("contender", "precision", "train_samples_per_s", "samples_per_cpu_s", "real_tokens_per_s",
+             "gflop_per_s", "peak_gflop_per_s", "share_of_peak", "peak_rss_mb", "accuracy", "f1")
 # Dense (no sparsity) bf16 tensor-core peaks, TFLOP/s, from the vendors' data sheets.
 GPU_BF16_PEAK_TFLOPS = {"H200": 989.0, "H100 PCIe": 756.0, "H100 NVL": 835.0, "H100": 989.0, "GH200": 989.0,
                         "A100": 312.0, "L40S": 362.0, "L4": 121.0, "A10G": 70.0, "A10": 125.0, "RTX 4090": 165.0}
@@ -56,8 +62,9 @@ def parse_args(argv=None):
                         help="intra-op threads for every contender (default: $OMP_NUM_THREADS or 2)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--compile", action="store_true", help="reviewflow with --compile (and Trainer torch_compile)")
-    parser.add_argument("--precision", default="auto",
-                        help="reviewflow's --precision (auto: fp32 on CPU, bf16 on CUDA)")
+    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
+                        help="precision of reviewflow and Trainer (the lab loop stays fp32); auto: what "
+                             "reviewflow's --precision auto picks for this model here")
     parser.add_argument("--contenders", default=",".join(CONTENDERS))
     parser.add_argument("--rows", type=int, default=0, help="use only the first N rows (quick checks)")
     parser.add_argument("--seed", type=int, default=0)
@@ -67,7 +74,8 @@ def parse_args(argv=None):
                         help="run the contenders this many times, round-robin (order reversed every other round), "
                              "and report each one's fastest run: on a shared machine other load only slows down")
     parser.add_argument("--json", action="store_true", help="print only the JSON lines on stdout")
-    parser.add_argument("--worker", choices=CONTENDERS, help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=(*CONTENDERS, "peak"), help=argparse.SUPPRESS)
+    parser.add_argument("--peaks", help=argparse.SUPPRESS)  # measured GEMM peaks, JSON, from the parent
     return parser.parse_args(argv)
 
 
@@ -122,28 +130,27 @@ def count_flops(model, lengths) -> float:
     return 6.0 * non_embedding * lengths.sum() + 12.0 * layers * width * (lengths ** 2).sum()
 
 
-def cpu_fp32_peak(threads: int) -> tuple[float, str]:
-    """cores used x GHz x fp32 FLOP per cycle, from lscpu (an estimate: states its assumptions)."""
-    info = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    fields = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
-    fields = {k.strip(): v.strip() for k, v in fields.items()}
-    cores = min(threads, int(fields.get("CPU(s)", os.cpu_count() or 1)))
-    mhz = float(fields.get("CPU max MHz", 0) or 0)
-    clock = "max MHz"
-    if not mhz:
-        mhz = float(fields.get("BogoMIPS", 0) or 0) / 2  # BogoMIPS = 2 x TSC MHz on x86
-        clock = "BogoMIPS/2 (nominal clock; no max MHz reported)"
-    flags = fields.get("Flags", "").split()
-    amd = "AMD" in fields.get("Vendor ID", "")
-    if "avx512f" in flags:
-        # Zen 4 runs AVX-512 on two 256-bit FMA pipes; Intel server cores have two 512-bit FMA units.
-        per_cycle, simd = (32, "AVX-512 on 2x256-bit FMA pipes (Zen 4)") if amd else (64, "2x AVX-512 FMA units")
-    elif "avx2" in flags and "fma" in flags:
-        per_cycle, simd = 32, "2x AVX2 FMA units"
-    else:
-        per_cycle, simd = 8, "SSE"
-    peak = cores * mhz / 1000 * per_cycle
-    return peak * 1e9, f"{cores} cores x {mhz / 1000:.2f} GHz ({clock}) x {per_cycle} fp32 FLOP/cycle ({simd})"
+def measure_gemm_peaks(threads: int, seconds: float = 1.5) -> dict:
+    """This machine's matrix-multiply rate per precision, in GFLOP per second of the process's CPU time divided by
+    the threads (so other jobs on a shared machine do not count): the best of square GEMMs (1024, 2048) run for
+    `seconds` each with `threads` threads, fp32 as is, bf16 as autocast runs it (bf16 inputs)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    peaks = {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        best = 0.0
+        for size in (1024, 2048):
+            a, b = torch.randn(size, size).to(dtype), torch.randn(size, size).to(dtype)
+            a @ b
+            runs, started, cpu_started = 0, time.perf_counter(), time.process_time()
+            while time.perf_counter() - started < seconds:
+                a @ b
+                runs += 1
+            cpu_seconds = (time.process_time() - cpu_started) / threads
+            best = max(best, 2 * size ** 3 * runs / cpu_seconds / 1e9)
+        peaks[name] = round(best, 1)
+    return peaks
 
 
 def gpu_bf16_peak(args) -> tuple[float, str]:
@@ -179,7 +186,7 @@ def run_reviewflow(model, tokenizer, train, args):
 
     tokens = encode(train["reviewText"].tolist(), train["isPositive"].to_numpy(), tokenizer, args.max_length)
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr, seed=args.seed,
-                         device=args.device, compile=args.compile, precision=args.precision)
+                         device=args.device, compile=args.compile, precision=args.resolved_precision)
     started = time.perf_counter()
     result = train_classifier(model, tokens, None, config, log=lambda m: print(m, file=sys.stderr),
                               progress="quiet")
@@ -202,7 +209,8 @@ def run_hf_trainer(model, tokenizer, train, args):
             output_dir=output_dir, per_device_train_batch_size=args.batch_size, learning_rate=args.lr,
             num_train_epochs=args.epochs, weight_decay=0.01, warmup_steps=0.1, lr_scheduler_type="linear",
             max_grad_norm=1.0, seed=args.seed, train_sampling_strategy="group_by_length",
-            use_cpu=args.device == "cpu", bf16=args.device == "cuda", torch_compile=args.compile,
+            use_cpu=args.device == "cpu", bf16=args.resolved_precision == "bf16",
+            fp16=args.resolved_precision == "fp16", torch_compile=args.compile,
             report_to="none", save_strategy="no", eval_strategy="no", logging_strategy="no", disable_tqdm=True,
             dataloader_num_workers=0)
         trainer = Trainer(model=model, args=training_args, train_dataset=dataset,
@@ -211,7 +219,7 @@ def run_hf_trainer(model, tokenizer, train, args):
         trainer.train()
         synchronize(args)
         seconds = time.perf_counter() - started
-    return seconds, {"optimizer": str(training_args.optim)}
+    return seconds, {"optimizer": str(training_args.optim), "precision": args.resolved_precision}
 
 
 def run_lab_loop(model, tokenizer, train, args):
@@ -240,10 +248,23 @@ def run_lab_loop(model, tokenizer, train, args):
             scheduler.step()
             optimizer.zero_grad()
     synchronize(args)
-    return time.perf_counter() - started, {}
+    return time.perf_counter() - started, {"precision": "fp32"}
 
 
 RUNNERS = {"reviewflow": run_reviewflow, "hf_trainer": run_hf_trainer, "lab_loop": run_lab_loop}
+
+
+def resolve_precision(args, model) -> str:
+    """The precision reviewflow and Trainer train in: --precision, with auto resolved as reviewflow resolves it."""
+    import torch
+
+    from steps.training.device import choose_precision, precision_name
+
+    if args.precision != "auto":
+        return args.precision
+    dtype, why = choose_precision(torch.device(args.device), "auto", model)
+    print(f"--precision auto -> {precision_name(dtype)}: {why}", file=sys.stderr)
+    return precision_name(dtype)
 
 
 def worker(args) -> None:
@@ -253,8 +274,12 @@ def worker(args) -> None:
     from steps.training.tokenize import encode
 
     torch.set_num_threads(args.threads)
+    if args.worker == "peak":
+        print(json.dumps(measure_gemm_peaks(args.threads)), flush=True)
+        return
     train, test = load_split(args)
     model, tokenizer = load_model_and_tokenizer(args)
+    args.resolved_precision = resolve_precision(args, model)
     cpu_started = time.process_time()
     seconds, extra = RUNNERS[args.worker](model, tokenizer, train, args)
     cpu_seconds = time.process_time() - cpu_started  # includes the runner's own tokenization (small)
@@ -263,23 +288,29 @@ def worker(args) -> None:
     flops = count_flops(model, lengths) * args.epochs
     metrics = score(model, tokenizer, test, args)
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    precision = extra.pop("precision")
     if args.device == "cuda":
         peak, peak_text = gpu_bf16_peak(args)
         extra["peak_gpu_memory_mb"] = round(torch.cuda.max_memory_allocated() / 2 ** 20, 1)
+    elif args.peak_tflops:
+        peak, peak_text = args.peak_tflops * 1e12, f"{args.peak_tflops} TFLOP/s (--peak-tflops)"
     else:
-        peak, peak_text = (args.peak_tflops * 1e12, f"{args.peak_tflops} TFLOP/s (--peak-tflops)") \
-            if args.peak_tflops else cpu_fp32_peak(torch.get_num_threads())
+        peak = json.loads(args.peaks)[precision] * 1e9 if args.peaks else 0.0
+        peak_text = f"measured {precision} GEMM rate, {args.threads} thread(s), this run"
     achieved = flops / seconds
-    diagnostics = {"contender": args.worker, "train_seconds": round(seconds, 2),
-                   "cpu_seconds": round(cpu_seconds, 2), "samples_per_cpu_s": round(samples / cpu_seconds, 2),
-                   "threads": torch.get_num_threads(), "load_average": os.getloadavg()[0],
-                   "train_rows": len(train), "test_rows": len(test), "real_tokens": real_tokens,
-                   "training_gflop_on_real_tokens": round(flops / 1e9, 1),
-                   "achieved_gflop_per_s": round(achieved / 1e9, 2),
-                   "share_of_peak": round(achieved / peak, 4) if peak else None, "peak": peak_text, **extra}
+    achieved_per_cpu = flops / (cpu_seconds / args.threads) if args.device == "cpu" else achieved
+    diagnostics = {"contender": args.worker, "precision": precision, "train_seconds": round(seconds, 2),
+                   "cpu_seconds": round(cpu_seconds, 2), "threads": torch.get_num_threads(),
+                   "load_average": os.getloadavg()[0], "train_rows": len(train), "test_rows": len(test),
+                   "real_tokens": real_tokens, "training_gflop_on_real_tokens": round(flops / 1e9, 1),
+                   "peak": peak_text, **extra}
     print("DIAGNOSTICS " + json.dumps(diagnostics), file=sys.stderr, flush=True)
-    line = {"contender": args.worker, "train_samples_per_s": round(samples / seconds, 2),
-            "real_tokens_per_s": round(real_tokens / seconds, 1), "peak_rss_mb": round(peak_rss_mb, 1), **metrics}
+    line = {"contender": args.worker, "precision": precision, "train_samples_per_s": round(samples / seconds, 2),
+            "samples_per_cpu_s": round(samples / cpu_seconds, 2), "real_tokens_per_s": round(real_tokens / seconds, 1),
+            "gflop_per_s": round(achieved / 1e9, 1), "peak_gflop_per_s": round(peak / 1e9, 1) if peak else None,
+            "share_of_peak": round(achieved_per_cpu / peak, 3) if peak else None,
+            "peak_rss_mb": round(peak_rss_mb, 1),
+            **metrics}
     print(json.dumps({k: line[k] for k in JSON_KEYS}), flush=True)
 
 
@@ -292,10 +323,20 @@ def main(argv=None) -> int:
            "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
            "TQDM_DISABLE": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
     contenders = args.contenders.split(",")
-    best = {}
+    best, peaks = {}, {}
     for round_number in range(args.repeat):
+        if args.device == "cpu" and not args.peak_tflops:  # the machine's GEMM rate now, with the same threads
+            measured = subprocess.run([sys.executable, __file__, "--worker", "peak", "--data", args.data,
+                                       "--threads", str(args.threads)], env=env, capture_output=True, text=True)
+            if measured.returncode != 0:
+                print(measured.stderr, file=sys.stderr)
+                return measured.returncode
+            for name, value in json.loads(measured.stdout.strip().splitlines()[-1]).items():
+                peaks[name] = max(peaks.get(name, 0.0), value)  # load only slows a measurement down
+            print(f"round {round_number + 1}: GEMM peak GFLOP/s {json.dumps(peaks)}", file=sys.stderr, flush=True)
         for contender in (contenders if round_number % 2 == 0 else contenders[::-1]):
-            command = [sys.executable, __file__, "--worker", contender, *(argv if argv is not None else sys.argv[1:])]
+            command = [sys.executable, __file__, "--worker", contender, *(argv if argv is not None else sys.argv[1:]),
+                       *(["--peaks", json.dumps(peaks)] if peaks else [])]
             done = subprocess.run(command, env=env, stdout=subprocess.PIPE, stderr=None if not args.json else
                                   subprocess.PIPE, text=True)
             if done.returncode != 0:
@@ -312,6 +353,11 @@ def main(argv=None) -> int:
             if contender not in best or line["train_samples_per_s"] > best[contender]["train_samples_per_s"]:
                 best[contender] = line
     lines = [best[c] for c in contenders]
+    for line in lines:  # against the best peak of all rounds
+        if peaks and line["peak_gflop_per_s"]:
+            scale = line["peak_gflop_per_s"] / peaks[line["precision"]]
+            line["share_of_peak"] = round(line["share_of_peak"] * scale, 3)
+            line["peak_gflop_per_s"] = peaks[line["precision"]]
     for line in lines:
         print(json.dumps(line), flush=True)
     if len(lines) > 1:
@@ -320,7 +366,8 @@ def main(argv=None) -> int:
         for other in ("hf_trainer", "lab_loop"):
             if ours and other in by_name:
                 ratio = ours["train_samples_per_s"] / by_name[other]["train_samples_per_s"]
-                print(f"reviewflow / {other}: {ratio:.2f}x samples/s, accuracy "
+                cpu_ratio = ours["samples_per_cpu_s"] / by_name[other]["samples_per_cpu_s"]
+                print(f"reviewflow / {other}: {ratio:.2f}x samples/s ({cpu_ratio:.2f}x per CPU second), accuracy "
                       f"{100 * (ours['accuracy'] - by_name[other]['accuracy']):+.1f} points", file=sys.stderr)
     return 0
 
