@@ -106,13 +106,14 @@ def pip_requirements() -> list[str]:
 def log_baseline_model(pipeline, name: str = "baseline"):
     """Log the pipeline as an MLflow pyfunc (from code) in the active MLflow run; returns the ModelInfo.
 
-    Same signature as the registered transformer: `reviewText` in, `label` and `probability_positive` out.
+    Same signature as the registered transformer: `reviewText` in, `label` out (`probability_positive` too with
+    params={"output": "probabilities"}).
     """
     import tempfile
 
     import mlflow
 
-    from steps.lifecycle.registry import model_signature
+    from steps.serving.package import model_signature
 
     with tempfile.TemporaryDirectory(prefix="reviewflow-baseline-") as tmp:
         path = Path(tmp) / PIPELINE_FILE

@@ -7,9 +7,9 @@ import pytest
 
 from steps.data.split import split_reviews
 from steps.evaluation import baseline
-from steps.lifecycle.registry import model_signature
 from steps.runtime import tracking
 from steps.runtime.errors import ReviewflowError
+from steps.serving.package import model_signature
 from tests.fixtures import review_frame
 
 
@@ -49,7 +49,8 @@ def test_logged_as_a_pyfunc_with_the_transformers_columns(tracking_uri, parts):
     model = mlflow.pyfunc.load_model(result.model_uri)
     assert model.metadata.get_output_schema() == model_signature().outputs
     assert model.metadata.get_input_schema() == model_signature().inputs
-    out = model.predict(pd.DataFrame({"reviewText": parts.test["reviewText"]}))
+    assert model.predict(pd.DataFrame({"reviewText": ["great"]})).name == "label"  # labels alone by default
+    out = model.predict(pd.DataFrame({"reviewText": parts.test["reviewText"]}), params={"output": "probabilities"})
     assert out.columns.tolist() == ["label", "probability_positive"] and out["label"].dtype == "int64"
     np.testing.assert_allclose(out["probability_positive"], result.probabilities)
     assert result.summary()["model_uri"] == result.model_uri and result.summary()["metrics"] == result.metrics

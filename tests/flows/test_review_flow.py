@@ -142,7 +142,8 @@ def test_the_baseline_and_the_explanations_sit_beside_the_model(finished, tmp_pa
     assert evaluate.data.metrics["baseline_test_f1"] == pytest.approx(baseline["metrics"]["f1"])
     assert baseline["model_uri"] == f"runs:/{evaluate.info.run_id}/baseline"
     use_mlflow(uri)
-    scored = mlflow.pyfunc.load_model(baseline["model_uri"]).predict(run.data.test_rows[["reviewText"]])
+    scored = mlflow.pyfunc.load_model(baseline["model_uri"]).predict(run.data.test_rows[["reviewText"]],
+                                                                     params={"output": "probabilities"})
     assert scored.columns.tolist() == ["label", "probability_positive"]
     assert (scored["label"] == run.data.test_rows["isPositive"]).mean() == pytest.approx(
         baseline["metrics"]["accuracy"])
