@@ -77,7 +77,7 @@ class PromoteFlow(FlowSpec):
                                   + (f"; got {' and '.join(chosen)}" if chosen else ""))
         if self.force and not (self.version or self.source):
             raise ReviewflowError("--force applies to --version and --source only")
-        settings.check(setting_values(self, "gate", exclude=("promote",)))
+        settings.check(setting_values(self, "gate", exclude=("promote", "ignore-baseline")))
         self.action = chosen[0].lstrip("-")
         self.model_name = registered_model_name(self.registered_model, current.branch_name)
         self.tracking_uri = tracking.resolve_tracking_uri()

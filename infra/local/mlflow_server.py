@@ -68,7 +68,8 @@ def start_mlflow(state_dir: Path, artifacts_destination: str, s3_env: dict, port
     log = state_dir / "mlflow-server.log"
     # No job runner: its worker pool (GenAI jobs) costs ~2 GB of RAM that reviewflow never uses.
     env = {**os.environ, **s3_env, "MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend,
+    env["MLFLOW_BACKEND_STORE_URI"] = backend  # not on the command line: ps shows a database password there
+    cmd = [sys.executable, "-m", "mlflow", "server",
            "--artifacts-destination", artifacts_destination, "--host", HOST, "--port", str(port), "--workers", "1"]
     password = ""
     if auth:

@@ -59,7 +59,8 @@ def score_registered_model(model_uri: str, texts, batch_size: int = 64):
     """Positive-class probabilities of a registered model (its own pyfunc: its tokenizer, backend, max_length)."""
     import mlflow
 
-    return served_probabilities(mlflow.pyfunc.load_model(model_uri, model_config={"batch_size": batch_size}), texts)
+    config = {"batch_size": batch_size, "inference_log": False}  # test rows are no traffic: keep them out of the log
+    return served_probabilities(mlflow.pyfunc.load_model(model_uri, model_config=config), texts)
 
 
 # --- the evaluate step -------------------------------------------------------------------------------------
@@ -169,7 +170,8 @@ def evaluate_served_model(run, parent_run_id: str, classifier: bytes, tokens, te
                                       backend=serving_backend, cuda_precision=cuda_precision)
     else:
         print(f"reusing the model an earlier attempt logged for {trained_by}: {served.model_uri} ({served.backend})")
-    probs = served_probabilities(mlflow.pyfunc.load_model(served.model_uri), texts)
+    probs = served_probabilities(mlflow.pyfunc.load_model(served.model_uri, model_config={"inference_log": False}),
+                                 texts)
     champion = alias_version(run.client, registered_model, CHAMPION)
     evaluation = evaluate_predictions(
         labels, probs, tokens.lengths, test_rows, history,

@@ -108,7 +108,7 @@ def model_identity(model: str) -> str:
     path = Path(model).expanduser()
     if path.is_dir():
         return directory_identity(Path(resolve(model)))
-    return hub_identity(model)
+    return hub_identity(models.canonical_name(model))
 
 
 def code_version(roots=CODE_ROOTS) -> str:

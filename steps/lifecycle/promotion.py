@@ -366,8 +366,8 @@ def check_gate(mlflow_client, name: str, version: int, texts, labels, min_f1: fl
         comparison = compare_with_champion(labels, probs, champion_probs, champion)
     elif champion == version:
         comparison = compare_with_champion(labels, probs, probs, champion)
-    verdict = judge_evaluation(classification_metrics(labels, probs), champion, comparison,
-                                      min_f1, max_regression)
+    verdict = judge_evaluation(classification_metrics(labels, probs), champion, comparison, min_f1, max_regression,
+                               require_significance)
     tags = mlflow_client.get_model_version(name, str(version)).tags
     if "gate.baseline_f1" in tags:  # the TF-IDF baseline on the same test rows, as the version was registered
         from steps.evaluation.gate import with_baseline
@@ -377,6 +377,7 @@ def check_gate(mlflow_client, name: str, version: int, texts, labels, min_f1: fl
 
 
 COPIED_FROM = "copied_from"
+KEPT_GATE_TAGS = ("gate.baseline_f1", "gate.ignore_baseline")  # the baseline's F1 on the version's own test rows
 
 
 def copy_into(mlflow_client, source_uri: str, target: str) -> tuple[int, bool]:
@@ -405,6 +406,7 @@ def copy_into(mlflow_client, source_uri: str, target: str) -> tuple[int, bool]:
     original = mlflow_client.get_model_version(name, str(version))
     copy = mlflow_client.copy_model_version(f"models:/{name}/{version}", target)
     for key, value in {**original.tags, COPIED_FROM: source}.items():
-        if not key.startswith(("gate", "mlflow.")):  # the gate is decided anew, against the target's champion
+        # the gate is decided anew, against the target's champion, under the baseline rule the version was trained with
+        if key in KEPT_GATE_TAGS or not key.startswith(("gate", "mlflow.")):
             mlflow_client.set_model_version_tag(target, copy.version, key, value)
     return int(copy.version), True

@@ -92,6 +92,9 @@ class ReviewClassifier(PythonModel):
         config = context.model_config or {}
         backend = os.environ.get("REVIEWFLOW_SERVING_BACKEND") or str(config.get("backend", "torch"))
         onnx = context.artifacts.get(ONNX_ARTIFACTS.get(backend, ""))
+        if backend in ONNX_ARTIFACTS and not onnx:
+            raise ValueError(f"backend {backend!r}: this model was logged without its ONNX variants; serve it with "
+                             "backend 'torch' (REVIEWFLOW_SERVING_BACKEND=torch)")
         self.text_column = str(config["text_column"])
         self.model_name, self.model_version = _identity(config, context.artifacts["classifier"])
         self.classifier_dir = context.artifacts["classifier"]

@@ -22,7 +22,8 @@ from schemas import TEXT_COLUMN
 
 MODEL_CODE = Path(__file__).resolve().parent / "classifier_model.py"
 INFERENCE_LOG_CODE = Path(__file__).resolve().parent / "inference_log.py"
-RUNTIME_PACKAGES = ("mlflow", "torch", "transformers", "tokenizers", "safetensors", "pandas", "numpy", "onnxruntime")
+RUNTIME_PACKAGES = ("mlflow", "torch", "transformers", "tokenizers", "safetensors", "pandas", "numpy", "onnxruntime",
+                    "boto3")  # boto3: an s3:// inference log
 BACKENDS = ("torch", "onnx", "onnx-int8")
 FP32_TOLERANCE = 1e-4  # max |p_onnx - p_torch| over the test rows
 INT8_TOLERANCE = 0.01  # max drop of accuracy and of F1 (1 point) against PyTorch's

@@ -52,7 +52,9 @@ def monitoring_card(report, window: dict, plots: dict, action: str, mlflow_run_i
     for name, png in plots.items():
         parts.append(Image(src=png, label=name.removesuffix(".png").replace("_", " ")))
     if report.notes:
-        parts.append(Markdown("Notes: " + "; ".join(short(n, 300) for n in report.notes)))
+        from flowkit.cards.explanations import inert  # notes quote log records (model names, file keys): untrusted
+
+        parts.append(Markdown("Notes: " + "; ".join(inert(short(n, 300)) for n in report.notes)))
     if window["unreadable"]:
         parts.append(Table([[short(k, 120), short(why, 200)] for k, why in window["unreadable"]],
                            headers=["unreadable file (skipped)", "why"]))
