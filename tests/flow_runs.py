@@ -17,6 +17,18 @@ BRANCH_MODEL = f"review-classifier.user.{TEST_USER}"
 TINY_TRAINING = {"epochs": 4, "batch_size": 16, "learning_rate": 3e-3, "max_length": 32, "ignore_baseline": True}
 
 
+def cli_options(params: dict) -> list[str]:
+    """Command-line options for `params` as Metaflow takes them: a True flag alone, a False flag left out."""
+    out = []
+    for key, value in params.items():
+        option = f"--{key.replace('_', '-')}"
+        if value is True:
+            out.append(option)
+        elif value is not False:
+            out += [option, str(value)]
+    return out
+
+
 def flow_env(workdir: Path, **extra) -> dict:
     env = {
         "USERNAME": "reviewflow-tests",

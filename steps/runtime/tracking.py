@@ -30,7 +30,7 @@ STORE_INIT_TIMEOUT = 600  # seconds to wait for another process's migration of a
 
 
 def client(uri: str):
-    """An MlflowClient for `uri` (which also becomes this process's tracking URI).
+    """An MlflowClient for `uri` (which also becomes this process's tracking and registry URI).
 
     The first process that opens a SQLite store creates and migrates its schema; two doing it at once corrupt
     it (`duplicate column name`, `_alembic_tmp_tags already exists`). So the first open in each process holds a
@@ -42,10 +42,11 @@ def client(uri: str):
     from mlflow import MlflowClient
 
     mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)  # runs and registered models live in the same store, always
     if uri in _READY_STORES:
-        return MlflowClient(tracking_uri=uri)
+        return MlflowClient(tracking_uri=uri, registry_uri=uri)
     with _store_init_lock(uri), _explained_refusal(uri):
-        mlflow_client = MlflowClient(tracking_uri=uri)  # opens (and, if new, migrates) the tracking store
+        mlflow_client = MlflowClient(tracking_uri=uri, registry_uri=uri)  # opens (if new, migrates) the tracking store
         mlflow_client.search_registered_models(max_results=1)  # and the registry store
     _READY_STORES.add(uri)
     return mlflow_client

@@ -9,7 +9,7 @@ from mlflow import MlflowClient
 
 from steps.lifecycle import promotion
 from tests.fixtures import write_reviews_csv
-from tests.flow_runs import BRANCH_MODEL, FLOWS, TINY_TRAINING, flow_env
+from tests.flow_runs import BRANCH_MODEL, FLOWS, TINY_TRAINING, cli_options, flow_env
 
 pytestmark = pytest.mark.flow
 NAME = BRANCH_MODEL
@@ -19,7 +19,7 @@ FLOWS_AT_ONCE = 4
 def start_together(workdir, data, model_dir, seeds, env: dict | None = None):
     """Start one `python flows/review_flow.py run` per seed, all at once, as people and schedulers do."""
     # a low gate floor: this is about concurrency, every run may take champion if it beats the current one
-    options = [f"--{k.replace('_', '-')}={v}" for k, v in {**TINY_TRAINING, "epochs": 3, "min_f1": 0.0}.items()]
+    options = cli_options({**TINY_TRAINING, "epochs": 3, "min_f1": 0.0})
     env = {**os.environ, **flow_env(workdir), **(env or {})}
     procs = [subprocess.Popen([sys.executable, str(FLOWS / "review_flow.py"), "run", f"--data={data}",
                                f"--model={model_dir}", f"--seed={seed}", *options],

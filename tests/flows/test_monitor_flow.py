@@ -22,7 +22,7 @@ from mlflow import MlflowClient
 
 from steps.serving.inference_log import InferenceLog
 from tests.fixtures import review_frame
-from tests.flow_runs import BRANCH_MODEL, TINY_TRAINING, card_components, run_flow
+from tests.flow_runs import BRANCH_MODEL, TINY_TRAINING, card_components, cli_options, run_flow
 
 pytestmark = pytest.mark.flow
 NAME = BRANCH_MODEL  # what a run on the tests' branch registers and watches
@@ -88,7 +88,7 @@ def monitored(finished_review_flow_once, tiny_model_dir, s3_server, tmp_path_fac
             patch.setenv(key, value)
         write_drifted_log(s3_log, uri)
     retrain_args = (f"--data {workdir / 'reviews.csv'} --model {tiny_model_dir} --seed 1 "
-                    + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in TINY_TRAINING.items()))
+                    + " ".join(cli_options(TINY_TRAINING)))
     runs["retrain"] = run_flow("monitor_flow.py", workdir, env=s3_server.env(), log=s3_log, on_drift="retrain",
                                retrain_args=retrain_args, **monitor)
 

@@ -27,7 +27,7 @@ from mlflow import MlflowClient
 
 from steps.runtime.faults import FAIL_AT
 from tests.fixtures import write_reviews_csv
-from tests.flow_runs import BRANCH_MODEL, FLOWS, TINY_TRAINING, card_components, flow_env, open_run, runner
+from tests.flow_runs import BRANCH_MODEL, FLOWS, TINY_TRAINING, card_components, cli_options, flow_env, open_run, runner
 
 pytestmark = pytest.mark.flow
 
@@ -69,7 +69,7 @@ class Hop:
 
 
 def cli_args(params: dict) -> list[str]:
-    return [arg for k, v in params.items() for arg in (f"--{k.replace('_', '-')}", str(v))]
+    return cli_options(params)
 
 
 def hang_point(fault: str | None) -> str | None:

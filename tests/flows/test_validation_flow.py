@@ -83,7 +83,8 @@ def champion_workdir(tmp_path_factory, tiny_model_dir):
 def test_unmapped_labels_stop_the_flow_at_ingest_and_nothing_is_registered(tmp_path, tiny_model_dir):
     data = tmp_path / "stars.csv"
     review_frame(100).assign(isPositive=lambda f: 1 + f.index % 5).to_csv(data, index=False)
-    run, executing = run_flow("review_flow.py", tmp_path / "work", data=str(data), model=str(tiny_model_dir))
+    run, executing = run_flow("review_flow.py", tmp_path / "work", data=str(data), model=str(tiny_model_dir),
+                              max_length=32)
     assert executing.status == "failed" and executing.returncode != 0 and not run.successful
     assert "column 'isPositive' holds labels outside the contract" in output(executing)
     assert "--positive-if '>=4'" in output(executing)
@@ -105,7 +106,8 @@ def test_failed_validation_registers_nothing_and_keeps_the_champion(champion_wor
     frame.loc[:29, "reviewText"] = "  "  # 15% blank texts, above the 5% limit
     data = tmp_path / "blank.csv"
     frame.to_csv(data, index=False)
-    run, executing = run_flow("review_flow.py", workdir, data=str(data), model=str(tiny_model_dir))
+    run, executing = run_flow("review_flow.py", workdir, data=str(data), model=str(tiny_model_dir),
+                              max_length=32)
     assert executing.status == "failed" and executing.returncode != 0
     text = output(executing)
     assert "validation failed; nothing was trained or registered. 1 problem(s):" in text
@@ -136,7 +138,7 @@ def test_fail_on_drift_stops_the_flow_with_the_drifted_features(champion_workdir
     data = tmp_path / "drifted.csv"
     frame.to_csv(data, index=False)
     run, executing = run_flow("review_flow.py", workdir, data=str(data), model=str(tiny_model_dir),
-                              fail_on_drift=True)
+                              max_length=32, fail_on_drift=True)
     assert executing.status == "failed" and executing.returncode != 0
     text = output(executing)
     assert "data drift against the champion (version 1) in 5 feature(s), PSI >= 0.25:" in text

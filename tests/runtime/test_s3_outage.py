@@ -16,14 +16,9 @@ from infra.local.mlflow_server import start_mlflow
 from infra.local.processes import stop_pid
 from infra.local.s3 import start_s3
 from tests.fixtures import write_reviews_csv
-from tests.flow_runs import BRANCH_MODEL, FLOWS, TINY_TRAINING, flow_env
+from tests.flow_runs import BRANCH_MODEL, FLOWS, TINY_TRAINING, cli_options, flow_env
 
 pytestmark = pytest.mark.flow
-
-
-def cli_args(params: dict) -> list[str]:
-    return [arg for k, v in params.items() if v is not False
-            for arg in ((f"--{k.replace('_', '-')}",) if v is True else (f"--{k.replace('_', '-')}", str(v)))]
 
 
 # Metaflow retries S3 for many minutes by default (flaky storage); here it should give up at once.
@@ -43,7 +38,7 @@ def test_s3_outage_fails_clearly_and_resume_completes(tmp_path, tiny_model_dir, 
         data = write_reviews_csv(tmp_path / "reviews.csv", rows=400)
         params = {"data": data, "model": tiny_model_dir, "seed": 1, **TINY_TRAINING}
         flow = [sys.executable, str(FLOWS / "review_flow.py"), "--datastore=s3"]
-        proc = subprocess.Popen(flow + ["run"] + cli_args(params), cwd=tmp_path, env=env, text=True,
+        proc = subprocess.Popen(flow + ["run"] + cli_options(params), cwd=tmp_path, env=env, text=True,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         lines = []
         deadline = time.monotonic() + 300
