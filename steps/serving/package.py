@@ -114,8 +114,11 @@ def find_served_model(experiment_id: str, trained_by: str) -> ServedModel | None
     """The model an earlier attempt of the evaluate step logged for this trained model, if any."""
     import mlflow
 
-    found = mlflow.search_logged_models(experiment_ids=[experiment_id], output_format="list",
-                                        filter_string=f"tags.{TRAINED_BY} = '{trained_by}' AND status = 'READY'")
+    # status is filtered here, not in the filter string: MLflow 3.17 compares `status = 'READY'` as text with an
+    # integer column, which SQLite accepts and PostgreSQL refuses (InvalidTextRepresentation)
+    found = [m for m in mlflow.search_logged_models(experiment_ids=[experiment_id], output_format="list",
+                                                    filter_string=f"tags.{TRAINED_BY} = '{trained_by}'")
+             if str(m.status).rsplit(".", 1)[-1] == "READY"]
     if not found:
         return None
     model = sorted(found, key=lambda m: m.creation_timestamp)[0]

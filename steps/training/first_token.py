@@ -8,6 +8,14 @@ makes the last layer compute them for the first token alone; its keys and values
 The logits are the same function of the weights (a self-check compares them with the unpatched layer before
 training; if they differ, or the model is not a known kind, nothing is changed and the reason is returned).
 
+With dropout the training is the same in distribution, not draw for draw: the last layer's dropout masks are
+drawn for the first token's tensors only (B x heads x 1 x L attention probabilities, B x 1 x width hidden
+states), so each mask element is still kept with probability 1 - p, but fewer random numbers are drawn and
+every later draw of the run shifts. A run is as reproducible as before from its seed (a resumed run continues
+bit for bit), but it does not repeat a run of an engine without this shortcut: measured on the default run,
+the same seed ended at test accuracy 0.825 where the earlier engine ended at 0.849 (epoch 1 kept instead of 2),
+a difference of the size seeds make on 721 test reviews.
+
 Only the forward of the one layer object is replaced, and put back afterwards: the weights, their names and
 the saved model are untouched.
 """

@@ -117,9 +117,10 @@ class Trainer:
 
     @contextmanager
     def cheaper_steps(self):
-        """Exact shortcuts for the duration of training: the last layer computes only the token the classifier
-        reads (steps/training/first_token.py); on CPU the word embedding's gradient is kept as rows
-        (steps/training/embedding_grads.py)."""
+        """Shortcuts for the duration of training: the last layer computes only the token the classifier
+        reads (steps/training/first_token.py: the same function; with dropout the same distribution of masks, but
+        fewer drawn, so a seed gives another run than an engine without it); on CPU the word embedding's gradient is
+        kept as rows (steps/training/embedding_grads.py: exact to float rounding)."""
         probe_rows = sorted_batches(self.train.lengths, 4)[-1]  # the longest reviews: padding is checked too
         ids, mask, _ = collate(self.train, probe_rows, self.device)
         with first_token_only(self.model, {"input_ids": ids, "attention_mask": mask}) as why_not:

@@ -78,9 +78,10 @@ def sizes_mb(model_uri: str) -> dict:
     import mlflow
 
     local = Path(mlflow.artifacts.download_artifacts(model_uri))
+    logged = mlflow.models.Model.load(str(local / "MLmodel")).flavors["python_function"].get("artifacts", {})
     out = {}
     for backend, name in ARTIFACTS.items():
-        found = local / "artifacts" / name
+        found = local / logged.get(name, {}).get("path", f"artifacts/{name}")  # where log_model put that artifact
         paths = [found] if found.is_file() else list(found.rglob("*")) if found.exists() else []
         out[backend] = round(sum(p.stat().st_size for p in paths if p.is_file()) / 1e6, 1)
     return out
@@ -158,6 +159,7 @@ def over_http(port: int, texts: list[str], clients: int) -> tuple[dict, list, li
         began = time.perf_counter()
         with urllib.request.urlopen(request, timeout=60) as response:
             label = json.loads(response.read())["predictions"][0]
+            label = label["label"] if isinstance(label, dict) else label  # {"label": 1}: a one-column frame
         return time.perf_counter() - began, label
 
     for text in texts[:8]:  # warm-up

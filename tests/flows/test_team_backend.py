@@ -74,15 +74,16 @@ def team_runs(team, tmp_path_factory, tiny_model_dir):
     """ReviewFlow, then PromoteFlow (history) and PredictFlow, against the team backend."""
     server, _, env, _ = team
     workdir = tmp_path_factory.mktemp("team-flows")
-    data = write_reviews_csv(workdir / "reviews.csv", rows=160)
+    data = write_reviews_csv(workdir / "reviews.csv", rows=240)
     review, review_run = run_flow("review_flow.py", workdir, env=env, data=str(data), model=str(tiny_model_dir),
-                                  seed=1, **TINY_TRAINING)
-    assert review_run.status == "successful", review_run.stderr[-3000:]
+                                  seed=3, **TINY_TRAINING)
+    assert review_run.status == "successful", review_run.stdout[-3000:] + review_run.stderr[-3000:]
+    assert "champion" in review.data.registration["aliases"], review.data.run_summary  # PredictFlow scores with it
     promote, promote_run = run_flow("promote_flow.py", workdir, env=env, history=True)
-    assert promote_run.status == "successful", promote_run.stderr[-3000:]
+    assert promote_run.status == "successful", promote_run.stdout[-3000:] + promote_run.stderr[-3000:]
     predict, predict_run = run_flow("predict_flow.py", workdir, env=env, data=str(data),
                                     output=str(workdir / "preds.csv"))
-    assert predict_run.status == "successful", predict_run.stderr[-3000:]
+    assert predict_run.status == "successful", predict_run.stdout[-3000:] + predict_run.stderr[-3000:]
     return workdir, {"review": (review, review_run), "promote": (promote, promote_run),
                      "predict": (predict, predict_run)}
 
@@ -102,7 +103,7 @@ def test_the_flows_run_against_postgresql_behind_auth_with_artifacts_in_s3(team,
     assert client.get_model_version_by_alias(BRANCH_MODEL, "champion").version == "1"
     workdir, runs = team_runs
     scored = (workdir / "preds.csv").read_text().splitlines()
-    assert len(scored) == 161 and scored[0].endswith("model_name,model_version")
+    assert len(scored) == 241 and scored[0].endswith("model_name,model_version")
     run = client.get_run(client.search_runs([client.get_experiment_by_name("reviewflow").experiment_id],
                                             "tags.metaflow_flow = 'ReviewFlow'")[0].info.run_id)
     assert run.info.artifact_uri.startswith("mlflow-artifacts:")  # proxied by the server into the S3 bucket
