@@ -19,7 +19,7 @@ FLOWS_AT_ONCE = 4
 def start_together(workdir, data, model_dir, seeds, env: dict | None = None):
     """Start one `python flows/review_flow.py run` per seed, all at once, as people and schedulers do."""
     # a low gate floor: this is about concurrency, every run may take champion if it beats the current one
-    options = cli_options({**TINY_TRAINING, "epochs": 3, "min_f1": 0.0})
+    options = cli_options({**TINY_TRAINING, "min_f1": 0.0})
     env = {**os.environ, **flow_env(workdir), **(env or {})}
     procs = [subprocess.Popen([sys.executable, str(FLOWS / "review_flow.py"), "run", f"--data={data}",
                                f"--model={model_dir}", f"--seed={seed}", *options],
@@ -47,7 +47,7 @@ def check_registry(client, versions_expected):
 
 
 def test_four_flows_at_once_on_a_fresh_store_and_on_an_existing_one(tmp_path, tiny_model_dir):
-    data = write_reviews_csv(tmp_path / "reviews.csv", rows=120)
+    data = write_reviews_csv(tmp_path / "reviews.csv", rows=240)
     start_together(tmp_path, data, tiny_model_dir, seeds=range(1, FLOWS_AT_ONCE + 1))  # fresh store and datastore
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     check_registry(client, FLOWS_AT_ONCE)
