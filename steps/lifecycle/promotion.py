@@ -250,7 +250,8 @@ def promote(mlflow_client, name: str, version: int, *, reason: str = "", metaflo
     action = action or ("force" if force else "promote")
     if force and not reason.strip():
         raise ReviewflowError("--force needs --reason: say why the gate is overridden (it goes in the audit trail)")
-    if not force and (verdict is None or not verdict.passed):
+    already = verdict is None and alias_version(mlflow_client, name, CHAMPION) == version  # nothing to gate
+    if not force and not already and (verdict is None or not verdict.passed):
         why = "; ".join(verdict.reasons) if verdict is not None else "the gate was not checked"
         raise GateFailed(f"v{version} of '{name}' did not pass the promotion gate: {why}. It stays challenger. "
                          "To override, run again with --force --reason '...'.")
