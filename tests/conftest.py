@@ -141,3 +141,18 @@ def s3_env(s3_server, monkeypatch):
     for key, value in s3_server.env().items():
         monkeypatch.setenv(key, value)
     return s3_server
+
+
+@pytest.fixture(scope="module")
+def profile(tiny_tokenizer, tiny_model_dir):
+    """The training profile (steps/data/drift.py) of 400 synthetic reviews, as validate's drift check and
+    MonitorFlow compare against it."""
+    from steps.data.drift import training_profile
+    from steps.data.split import split_reviews
+    from steps.training.tokenize import tokenize_split
+    from tests.fixtures import review_frame
+
+    parts = split_reviews(review_frame(400), seed=1)
+    tokens = tokenize_split(parts.frames(), tiny_tokenizer, 32)
+    return training_profile(parts.train, tokens["train"], tokens["validation"], tiny_tokenizer,
+                            str(tiny_model_dir), 32)

@@ -13,21 +13,10 @@ from steps.data.drift import (
     psi,
     require_no_drift,
     store_training_profile,
-    training_profile,
 )
-from steps.data.split import split_reviews
 from steps.runtime import tracking
 from steps.runtime.errors import ReviewflowError
-from steps.training.tokenize import tokenize_split
 from tests.fixtures import review_frame
-
-
-@pytest.fixture(scope="module")
-def profile(tiny_tokenizer, tiny_model_dir):
-    parts = split_reviews(review_frame(400), seed=1)
-    tokens = tokenize_split(parts.frames(), tiny_tokenizer, 32)
-    return training_profile(parts.train, tokens["train"], tokens["validation"], tiny_tokenizer,
-                            str(tiny_model_dir), 32)
 
 
 def drifted_reviews():

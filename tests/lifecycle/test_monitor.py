@@ -7,22 +7,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from steps.data.drift import training_profile
-from steps.data.split import split_reviews
 from steps.lifecycle import monitor
 from steps.runtime import tracking
 from steps.runtime.errors import ReviewflowError
 from steps.serving.inference_log import InferenceLog, file_time
-from steps.training.tokenize import tokenize_split
 from tests.fixtures import review_frame
-
-
-@pytest.fixture(scope="module")
-def profile(tiny_tokenizer, tiny_model_dir):
-    parts = split_reviews(review_frame(400), seed=1)
-    tokens = tokenize_split(parts.frames(), tiny_tokenizer, 32)
-    return training_profile(parts.train, tokens["train"], tokens["validation"], tiny_tokenizer,
-                            str(tiny_model_dir), 32)
 
 
 def logged(texts, labels, probabilities, version="1") -> pd.DataFrame:
