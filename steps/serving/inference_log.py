@@ -12,8 +12,10 @@ buffer as one NEW file per flush, so a request never waits on storage and nothin
 object cannot be). A flush happens every REVIEWFLOW_INFERENCE_LOG_FLUSH_SECONDS (default 10), when
 REVIEWFLOW_INFERENCE_LOG_BATCH records (default 1000) are waiting, on `flush()`, and at exit (`close()`, registered
 with atexit). A failed write is counted (`stats()["failed_writes"]`), reported through the `logging` module on
-the first failure and then once per REPORT_EVERY failures, and retried at the next flush with the same records:
-nothing is lost while the writer recovers. Only when more than REVIEWFLOW_INFERENCE_LOG_MAX_PENDING records
+the first failure and then once per REPORT_EVERY failures, and retried with the same records: nothing is lost
+while the writer recovers. While storage keeps failing the writer backs off (the flush interval, doubled after each
+failure in a row, at most MAX_RETRY_SECONDS) and ignores wake-ups, so a failing store is not hammered at request
+rate; `close()` still makes one last attempt at once. Only when more than REVIEWFLOW_INFERENCE_LOG_MAX_PENDING records
 (default 100,000) are waiting do the oldest get dropped, and they are counted (`records_dropped`).
 
 One row per scored text: time (UTC, ISO 8601, when `record` was called), request_id (rows of one call share it),
@@ -57,6 +59,7 @@ DEFAULT_BATCH = 1000
 DEFAULT_MAX_PENDING = 100_000
 MAX_FILE_RECORDS = 50_000  # a flush with more waiting writes several files
 REPORT_EVERY = 20  # failed writes: the first is reported, then every REPORT_EVERY-th
+MAX_RETRY_SECONDS = 60.0  # the longest wait between two attempts while storage keeps failing
 CLOSE_TIMEOUT = 10.0  # seconds close() (also at exit) waits for the last writes
 FILE_NAME = re.compile(r"^(\d{8}T\d{6}\.\d{6})Z_")
 
@@ -153,6 +156,7 @@ class InferenceLog:
         self._writing = 0  # records taken by the writer and not yet written or put back
         self._closing = False
         self._seq = 0
+        self._failing = 0  # failed writes in a row (0 after a write that worked)
         self._s3 = None
         self._thread = threading.Thread(target=self._run, name="reviewflow-inference-log", daemon=True)
         self._thread.start()
@@ -229,14 +233,37 @@ class InferenceLog:
     # ------------------------------------------------------------------------------------------ writer thread
 
     def _run(self) -> None:
+        failing = 0
         while True:
-            self._wake.wait(self.flush_seconds)
+            if failing:
+                self._back_off(failing)
+            else:
+                self._wake.wait(self.flush_seconds)
             self._wake.clear()
             while self._write_some():
                 pass
             with self._lock:
                 if self._closing:
                     return
+                failing = self._failing
+
+    def retry_seconds(self, failing: int) -> float:
+        """How long the writer waits after `failing` failed writes in a row: the flush interval, doubled each
+        time, at most MAX_RETRY_SECONDS (or the flush interval, if that is longer)."""
+        return min(self.flush_seconds * 2 ** min(failing - 1, 30), max(MAX_RETRY_SECONDS, self.flush_seconds))
+
+    def _back_off(self, failing: int) -> None:
+        """Sleep before the next attempt; a full buffer or flush() does not cut it short, close() does."""
+        retry_at = time.monotonic() + self.retry_seconds(failing)
+        while True:
+            with self._lock:
+                if self._closing:
+                    return
+            left = retry_at - time.monotonic()
+            if left <= 0:
+                return
+            self._wake.wait(left)
+            self._wake.clear()
 
     def _write_some(self) -> bool:
         """Write one file of waiting records; True if there may be more to write now."""
@@ -256,6 +283,7 @@ class InferenceLog:
                 self._pending[:0] = batch
                 self._writing = 0
                 self._counts["failed_writes"] += 1
+                self._failing += 1
                 failures = self._counts["failed_writes"]
                 self._last_error = f"{type(err).__name__}: {err}"[:500]
                 self._idle.notify_all()
@@ -265,6 +293,7 @@ class InferenceLog:
             return False
         with self._lock:
             self._writing = 0
+            self._failing = 0
             self._counts["records_written"] += len(batch)
             self._counts["batches_written"] += 1
             self._idle.notify_all()

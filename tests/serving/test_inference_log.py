@@ -5,6 +5,7 @@ import json
 import logging
 import socket
 import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -87,7 +88,9 @@ def test_parquet_files_and_settings_from_the_environment(tmp_path):
     assert str(rows["label"].dtype) == "int64" and str(rows["probability_positive"].dtype) == "float64"
 
 
-def test_failed_writes_are_counted_reported_once_per_n_and_retried_without_loss(tmp_path, caplog):
+def test_failed_writes_are_counted_reported_once_per_n_and_retried_without_loss(tmp_path, caplog, monkeypatch):
+    monkeypatch.setattr(inference_log, "REPORT_EVERY", 3)
+    monkeypatch.setattr(inference_log, "MAX_RETRY_SECONDS", 0.05)  # no back-off growth: many failures in 1 s
     blocker = tmp_path / "log"
     blocker.write_text("a file where the log directory should be")
     log = InferenceLog(blocker, flush_seconds=0.05, batch_records=5)
@@ -98,16 +101,36 @@ def test_failed_writes_are_counted_reported_once_per_n_and_retried_without_loss(
     stats = log.stats()
     assert stats["failed_writes"] >= 2 and stats["pending"] == 8 and stats["records_written"] == 0
     assert "NotADirectoryError" in stats["last_error"] or "FileExistsError" in stats["last_error"]
-    warnings = [r.getMessage() for r in caplog.records if r.name == "reviewflow.inference_log"]
-    expected = 1 + stats["failed_writes"] // inference_log.REPORT_EVERY
-    assert len(warnings) in (expected, expected + 1)  # the first failure, then one per REPORT_EVERY
-    assert "write failed (1 failed so far; records kept and retried)" in warnings[0]
 
     blocker.unlink()  # storage recovers: everything queued is written, once
     assert log.flush(timeout=10)
-    stats = log.close()
+    stats = log.close()  # the writer has stopped: no failure can be counted after this
     assert (stats["records_written"], stats["pending"], stats["records_dropped"]) == (8, 0, 0)
     assert sorted(read_local(blocker)["text"]) == sorted([f"{w} {i}" for w in ("text", "more") for i in range(4)])
+    warnings = [r.getMessage() for r in caplog.records if r.name == "reviewflow.inference_log"]
+    assert len(warnings) == 1 + stats["failed_writes"] // 3  # the first failure, then one per REPORT_EVERY
+    assert "write failed (1 failed so far; records kept and retried)" in warnings[0]
+    assert "write failed (3 failed so far" in warnings[1]
+
+
+def test_a_failing_store_is_retried_with_growing_pauses_not_in_a_loop(tmp_path):
+    """Failing storage is not hammered: a full buffer and flush() do not cut the back-off short; close() makes
+    one last attempt at once, which writes everything if storage has recovered."""
+    blocker = tmp_path / "log"
+    blocker.write_text("not a directory")
+    log = InferenceLog(blocker, flush_seconds=0.05, batch_records=1)
+    assert [log.retry_seconds(n) for n in (1, 2, 3, 4)] == [0.05, 0.1, 0.2, 0.4]
+    assert log.retry_seconds(40) == inference_log.MAX_RETRY_SECONDS
+    deadline = time.monotonic() + 1.5
+    while time.monotonic() < deadline:  # a request every 10 ms, each one filling the batch
+        log.record(["again"], [1], [0.9], "m", "1")
+        time.sleep(0.01)
+    assert not log.flush(timeout=0.2)
+    failed = log.stats()["failed_writes"]
+    assert 1 <= failed <= 7, failed  # 0.05 + 0.05 + 0.1 + 0.2 + 0.4 + 0.8 s: at most 6 attempts in 1.7 s
+    blocker.unlink()
+    stats = log.close(timeout=5)
+    assert stats["pending"] == 0 and stats["records_written"] == stats["records_logged"] > 100
 
 
 def test_a_full_buffer_drops_the_oldest_records_and_counts_them(tmp_path):
