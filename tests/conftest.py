@@ -82,6 +82,43 @@ def reviews_csv(tmp_path) -> Path:
     return write_reviews_csv(tmp_path / "reviews.csv", rows=160)
 
 
+# Process-wide MLflow settings a test may change (mlflow.set_tracking_uri/set_registry_uri also write the URI
+# variables, and set_*(None) does not remove them). Left behind, they silently point a later test's
+# MlflowClient(tracking_uri=...) at another test's registry: its registry URI comes from them, not from the
+# tracking URI. Restored after every test and after every module (module fixtures set them up front).
+MLFLOW_PROCESS_SETTINGS = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_TRACKING_USERNAME",
+                           "MLFLOW_TRACKING_PASSWORD")
+
+
+def _restore_mlflow_settings(saved: dict) -> None:
+    import sys
+
+    if "mlflow" in sys.modules:
+        import mlflow
+
+        mlflow.set_tracking_uri(None)
+        mlflow.set_registry_uri(None)
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _mlflow_settings_stay_in_their_module():
+    saved = {key: os.environ.get(key) for key in MLFLOW_PROCESS_SETTINGS}
+    yield
+    _restore_mlflow_settings(saved)
+
+
+@pytest.fixture(autouse=True)
+def _mlflow_settings_stay_in_their_test():
+    saved = {key: os.environ.get(key) for key in MLFLOW_PROCESS_SETTINGS}
+    yield
+    _restore_mlflow_settings(saved)
+
+
 @pytest.fixture
 def use_mlflow(monkeypatch):
     """Point this process's MLflow (tracking and registry) at a URI for one test, and undo it afterwards.

@@ -50,6 +50,14 @@ def flow_env(workdir: Path, **extra) -> dict:
     return env
 
 
+def store_client(uri: str):
+    """An MlflowClient whose runs and registry are both `uri`. Give the registry explicitly: left out, it comes
+    from MLFLOW_REGISTRY_URI or mlflow.set_registry_uri, whatever this process was last pointed at."""
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
 def runner(flow_file: str, workdir: Path, env: dict | None = None, **top_level):
     """A metaflow.Runner for a flow in an isolated folder; top_level are options before `run` (datastore=...)."""
     from metaflow import Runner

@@ -3,13 +3,13 @@ import re
 
 import pandas as pd
 import pytest
-from mlflow import MlflowClient
 
 from steps.data.ingest import canonicalize
 from steps.data.validate import label_conflicts, log_validation, require_valid, validate_reviews
 from steps.runtime import tracking
 from steps.runtime.errors import ReviewflowError
 from tests.fixtures import review_frame
+from tests.flow_runs import store_client
 
 
 def canonical(frame):
@@ -135,7 +135,7 @@ def test_the_report_is_logged_to_mlflow(tracking_uri, tmp_path):
     parent = tracking.start_flow_run(tracking_uri, "ReviewFlow", "1", {})
     with tracking.step_run(tracking_uri, parent, "validate", "ReviewFlow/1/validate/2") as run:
         log_validation(run, report)
-    client = MlflowClient(tracking_uri=tracking_uri)
+    client = store_client(tracking_uri)
     logged = client.get_run(run.run_id)
     assert logged.data.metrics["rows_quarantined"] == 1 and logged.data.metrics["quarantined_blank_text"] == 1
     assert logged.data.tags["validation"] == "passed"

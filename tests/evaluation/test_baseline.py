@@ -11,6 +11,7 @@ from steps.runtime import tracking
 from steps.runtime.errors import ReviewflowError
 from steps.serving.package import model_signature
 from tests.fixtures import review_frame
+from tests.flow_runs import store_client
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +44,7 @@ def test_logged_as_a_pyfunc_with_the_transformers_columns(tracking_uri, parts):
     with tracking.step_run(tracking_uri, parent, "evaluate", "ReviewFlow/1/evaluate/7") as run:
         result = baseline.evaluate_baseline(run, parts.train, parts.test, seed=0)
     assert result.model_uri == f"runs:/{run.run_id}/baseline"
-    logged = mlflow.MlflowClient(tracking_uri).get_run(run.run_id)
+    logged = store_client(tracking_uri).get_run(run.run_id)
     assert logged.data.metrics["baseline_test_f1"] == pytest.approx(result.metrics["f1"])
     assert logged.data.tags["baseline_model_uri"] == result.model_uri
     model = mlflow.pyfunc.load_model(result.model_uri)

@@ -1,10 +1,9 @@
 """CompareFlow for real (metaflow.Runner): two tiny encoders and the TF-IDF baseline, 2-fold grouped CV; the table,
 the MLflow parent and child runs, the card and the ReviewFlow command it prints."""
 import pytest
-from mlflow import MlflowClient
 
 from tests.fixtures import build_tiny_distilbert, review_frame, write_reviews_csv
-from tests.flow_runs import card_components, run_flow
+from tests.flow_runs import card_components, run_flow, store_client
 
 pytestmark = pytest.mark.flow
 
@@ -49,7 +48,7 @@ def test_every_candidate_is_trained_and_scored_on_every_fold(compared):
 def test_one_mlflow_parent_run_with_a_child_per_candidate(compared):
     run, _, workdir, names = compared
     uri = f"sqlite:///{workdir / 'mlflow.db'}"
-    client = MlflowClient(tracking_uri=uri)
+    client = store_client(uri)
     experiment = client.get_experiment_by_name("reviewflow").experiment_id
     (parent,) = client.search_runs([experiment], f"tags.metaflow_run = '{run.pathspec}'")
     assert parent.info.status == "FINISHED" and parent.data.params["cv-folds"] == "2"

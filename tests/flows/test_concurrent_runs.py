@@ -5,11 +5,10 @@ import subprocess
 import sys
 
 import pytest
-from mlflow import MlflowClient
 
 from steps.lifecycle import promotion
 from tests.fixtures import write_reviews_csv
-from tests.flow_runs import BRANCH_MODEL, FLOWS, TINY_TRAINING, cli_options, flow_env
+from tests.flow_runs import BRANCH_MODEL, FLOWS, TINY_TRAINING, cli_options, flow_env, store_client
 
 pytestmark = pytest.mark.flow
 NAME = BRANCH_MODEL
@@ -49,7 +48,7 @@ def check_registry(client, versions_expected):
 def test_four_flows_at_once_on_a_fresh_store_and_on_an_existing_one(tmp_path, tiny_model_dir):
     data = write_reviews_csv(tmp_path / "reviews.csv", rows=240)
     start_together(tmp_path, data, tiny_model_dir, seeds=range(1, FLOWS_AT_ONCE + 1))  # fresh store and datastore
-    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = store_client(f"sqlite:///{tmp_path / 'mlflow.db'}")
     check_registry(client, FLOWS_AT_ONCE)
     start_together(tmp_path, data, tiny_model_dir, seeds=range(11, 11 + FLOWS_AT_ONCE))  # the existing store
     champion, trail = check_registry(client, 2 * FLOWS_AT_ONCE)

@@ -18,11 +18,10 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import mlflow
 import pandas as pd
 import pytest
-from mlflow import MlflowClient
 
 from steps.serving.inference_log import InferenceLog
 from tests.fixtures import review_frame
-from tests.flow_runs import BRANCH_MODEL, TINY_TRAINING, card_components, cli_options, run_flow
+from tests.flow_runs import BRANCH_MODEL, TINY_TRAINING, card_components, cli_options, run_flow, store_client
 
 pytestmark = pytest.mark.flow
 NAME = BRANCH_MODEL  # what a run on the tests' branch registers and watches
@@ -38,7 +37,7 @@ def write_drifted_log(location: str, uri: str) -> None:
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     model = mlflow.pyfunc.load_model(f"models:/{NAME}@champion")
-    version = MlflowClient(tracking_uri=uri, registry_uri=uri).get_model_version_by_alias(NAME, "champion").version
+    version = store_client(uri).get_model_version_by_alias(NAME, "champion").version
     texts = drifted_texts()
     log = InferenceLog(location, flush_seconds=60)
     for start in range(0, len(texts), 50):
@@ -114,7 +113,7 @@ def use_mlflow_module():
 
 
 def mlflow_parent(uri, run):
-    client = MlflowClient(tracking_uri=uri)
+    client = store_client(uri)
     experiment = client.get_experiment_by_name("reviewflow").experiment_id
     [parent] = client.search_runs([experiment], f"tags.metaflow_run = '{run.pathspec}'")
     return client, parent
@@ -190,7 +189,7 @@ def test_drift_with_retrain_starts_review_flow(monitored):
     assert run.data.report["drift"] is True and run.data.location.startswith("s3://")
     assert run.data.retrain_run.startswith("ReviewFlow/")
     assert run.data.action.startswith(f"ran {run.data.retrain_run}: successful (unchanged:")
-    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    client = store_client(uri)
     assert [int(v.version) for v in client.search_model_versions(f"name = '{NAME}'")] == [1]  # nothing new to train
 
 

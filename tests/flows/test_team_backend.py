@@ -2,7 +2,6 @@
 artifacts in SeaweedFS, all on 127.0.0.1 and started here. ReviewFlow, PromoteFlow and PredictFlow run against it
 with the credentials; without them the flow stops at once with one line naming the settings; no password or key
 ends up in a log, an MLflow param, tag or artifact, or a Metaflow artifact; four flows started at once all finish."""
-import os
 import pickle
 import stat
 import tempfile
@@ -88,8 +87,11 @@ def team_runs(team, tmp_path_factory, tiny_model_dir):
                      "predict": (predict, predict_run)}
 
 
-def _client(server):
-    os.environ.update(MLFLOW_TRACKING_USERNAME=server.username, MLFLOW_TRACKING_PASSWORD=server.password)
+def _client(server, monkeypatch):
+    """A client logged in to the team server, for this test only (MlflowClient reads the login from the
+    environment)."""
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", server.username)
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", server.password)
     return MlflowClient(tracking_uri=server.url, registry_uri=server.url)
 
 
@@ -97,7 +99,7 @@ def test_the_flows_run_against_postgresql_behind_auth_with_artifacts_in_s3(team,
     server, _, env, _ = team
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    client = _client(server)
+    client = _client(server, monkeypatch)
     versions = client.search_model_versions(f"name = '{BRANCH_MODEL}'")
     assert [int(v.version) for v in versions] == [1]
     assert client.get_model_version_by_alias(BRANCH_MODEL, "champion").version == "1"
@@ -116,7 +118,7 @@ def test_no_password_or_key_in_logs_params_tags_or_artifacts(team, team_runs, tm
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     workdir, runs = team_runs
-    client = _client(server)
+    client = _client(server, monkeypatch)
     mlflow.set_tracking_uri(server.url)
     found = []
     for name, (run, executing) in runs.items():
@@ -157,7 +159,7 @@ def test_four_flows_at_once_against_the_team_backend(team, tmp_path, tiny_model_
     server, _, env, _ = team
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    before = len(_client(server).search_model_versions(f"name = '{BRANCH_MODEL}'"))
+    before = len(_client(server, monkeypatch).search_model_versions(f"name = '{BRANCH_MODEL}'"))
     data = write_reviews_csv(tmp_path / "reviews.csv", rows=240)
     start_together(tmp_path, data, tiny_model_dir, seeds=range(21, 25), env=env)
-    check_registry(_client(server), before + 4)
+    check_registry(_client(server, monkeypatch), before + 4)

@@ -8,17 +8,16 @@ import json
 import mlflow
 import pandas as pd
 import pytest
-from mlflow import MlflowClient
 
 from tests.fixtures import review_frame, served_model_uri
-from tests.flow_runs import BRANCH_MODEL, card_components, run_flow
+from tests.flow_runs import BRANCH_MODEL, card_components, run_flow, store_client
 
 pytestmark = pytest.mark.flow
 MODEL = BRANCH_MODEL
 
 
 def registry_state(uri: str) -> dict:
-    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    client = store_client(uri)
     models = client.search_registered_models()
     if not models:
         return {}
@@ -27,7 +26,7 @@ def registry_state(uri: str) -> dict:
 
 
 def step_runs(uri: str) -> dict:
-    client = MlflowClient(tracking_uri=uri)
+    client = store_client(uri)
     experiment = client.get_experiment_by_name("reviewflow")
     flow_runs = [r for r in client.search_runs([experiment.experiment_id])
                  if r.data.tags.get("mlflow.parentRunId") and r.info.start_time]
@@ -95,7 +94,7 @@ def test_unmapped_labels_stop_the_flow_at_ingest_and_nothing_is_registered(tmp_p
     assert runs["ingest"].info.status == "FAILED"
     # ingest has @retry(times=2) for flaky storage; bad input is not read again, and leaves one MLflow run
     assert output(executing).count("not run again, the previous attempt stopped on bad input") == 2
-    ingest_runs = [r for r in MlflowClient(tracking_uri=uri).search_runs([runs["ingest"].info.experiment_id])
+    ingest_runs = [r for r in store_client(uri).search_runs([runs["ingest"].info.experiment_id])
                    if r.info.run_name == "ingest"]
     assert len(ingest_runs) == 1
 
@@ -118,7 +117,7 @@ def test_failed_validation_registers_nothing_and_keeps_the_champion(champion_wor
     validate = step_runs(uri)["validate"]
     assert validate.info.status == "FAILED" and validate.data.tags["validation"] == "failed"
     assert validate.data.metrics["quarantined_blank_text"] == 30
-    client = MlflowClient(tracking_uri=uri)
+    client = store_client(uri)
     assert {a.path for a in client.list_artifacts(validate.info.run_id, "validation")} >= {
         "validation/gx_result.json", "validation/data_docs", "validation/quarantine.csv"}
     card = card_components(run["validate"].task, "validation")
@@ -147,7 +146,7 @@ def test_fail_on_drift_stops_the_flow_with_the_drifted_features(champion_workdir
     validate = step_runs(uri)["validate"]
     assert validate.data.tags["validation"] == "passed" and validate.data.tags["drift_status"] == "drift"
     assert validate.data.metrics["drift_psi_label"] > 0.25 and validate.data.metrics["quarantined_blank_text"] == 2
-    client = MlflowClient(tracking_uri=uri)
+    client = store_client(uri)
     artifact = client.download_artifacts(validate.info.run_id, "validation/quarantine.csv", str(tmp_path))
     quarantine = pd.read_csv(artifact)
     assert quarantine[["source_row", "reason"]].values.tolist() == [[6, "blank_text"], [7, "blank_text"]]
