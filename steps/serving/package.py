@@ -28,6 +28,10 @@ BACKENDS = ("torch", "onnx", "onnx-int8")
 FP32_TOLERANCE = 1e-4  # max |p_onnx - p_torch| over the test rows
 INT8_TOLERANCE = 0.01  # max drop of accuracy and of F1 (1 point) against PyTorch's
 BATCH_SIZE = 64
+# Which backend serves: the first in this order that passes parity. On a CPU the fastest first (docs/benchmarks.md,
+# Serving: int8 about 2x ONNX fp32, ONNX fp32 2-3x PyTorch); with a GPU, PyTorch on it.
+PREFERENCE = ("onnx-int8", "onnx", "torch")
+GPU_PREFERENCE = ("torch", "onnx-int8", "onnx")
 TRAINED_BY = "trained_by"
 INPUT_EXAMPLE = [
     "Works great, the battery lasts all day.",
@@ -99,15 +103,21 @@ def check_parity(classifier_dir: str, onnx_files: dict, texts: list[str], labels
     return figures
 
 
-def choose_backend(parity: dict, asked: str = "auto") -> tuple[str, str]:
-    """(backend, why): the one asked for, or the fastest that passed its parity check."""
+def choose_backend(parity: dict, asked: str = "auto", gpu: bool = False) -> tuple[str, str]:
+    """(backend, why): the one asked for; else the first that passed its parity check in the order PREFERENCE
+    (GPU_PREFERENCE where PyTorch runs on a GPU: the ONNX variants run on the CPU).
+
+    A fixed order, not the fastest measured: on a busy machine the measured speeds of backends a few tens of percent
+    apart swap from run to run, and the same training inputs would be served by a different backend each time.
+    The measured speeds are reported beside the choice."""
     if asked != "auto":
         passed = parity.get(asked, {}).get("passed", False)
         return asked, f"--serving-backend {asked}" + ("" if passed else " (it did not pass its parity check)")
-    passing = {b: f for b, f in parity.items() if f.get("passed")}
-    fastest = max(passing, key=lambda b: passing[b]["texts_per_s"])
+    order = GPU_PREFERENCE if gpu else PREFERENCE
+    chosen = next(b for b in order if parity.get(b, {}).get("passed"))  # torch, the reference, always passes
     speeds = ", ".join(f"{b} {f['texts_per_s']:.0f}" for b, f in parity.items())
-    return fastest, f"fastest that passed parity (texts/s on the test rows: {speeds})"
+    return chosen, (f"the first of {', '.join(order)} that passed parity{' (PyTorch on the GPU)' if gpu else ''}; "
+                    f"texts/s on the test rows: {speeds}")
 
 
 def find_served_model(experiment_id: str, trained_by: str) -> ServedModel | None:
@@ -148,7 +158,7 @@ def log_served_model(classifier_dir: str, texts: list[str], labels, *, max_lengt
             onnx_files = {"onnx": str(fp32), "onnx-int8": str(int8)}
             artifacts.update(onnx_fp32=str(fp32), onnx_int8=str(int8))
             parity = check_parity(classifier_dir, onnx_files, texts, labels, max_length)
-            chosen, why = choose_backend(parity, backend)
+            chosen, why = choose_backend(parity, backend, gpu=_torch_on_gpu())
         else:
             parity, chosen, why = {}, "torch", "PyTorch only (no ONNX variants were made)"
         for name, figures in parity.items():
@@ -172,6 +182,12 @@ def log_served_model(classifier_dir: str, texts: list[str], labels, *, max_lengt
             tags={TRAINED_BY: trained_by, "reviewflow.served": json.dumps(served, sort_keys=True)},
         )
     return ServedModel(model_uri=f"models:/{info.model_id}", model_id=info.model_id, **served)
+
+
+def _torch_on_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def as_dict(served: ServedModel) -> dict:
