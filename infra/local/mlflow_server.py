@@ -19,6 +19,11 @@ from pathlib import Path
 from infra.local.processes import HOST, ServiceError, free_port, port_free, stop_pid, wait_until
 
 ADMIN = "admin"
+# Seconds a verified login is remembered by the server process. MLflow checks a basic-auth password with scrypt
+# on every request (70-150 ms of CPU here), which made the server the bottleneck of four flows at once; with the
+# cache a login is checked once per minute (docs/team-setup.md: Logins). The price, which MLflow documents: a
+# password changed outside the server's API is still accepted until the entry expires.
+AUTH_CACHE_SECONDS = 60
 
 
 @dataclass
@@ -39,7 +44,7 @@ class MlflowServer:
         return settings
 
 
-def _auth_config(state_dir: Path, auth_database_uri: str, password: str) -> Path:
+def _auth_config(state_dir: Path, auth_database_uri: str, password: str, cache_seconds: int) -> Path:
     config = state_dir / "basic_auth.ini"
     config.write_text("\n".join([
         "[mlflow]",
@@ -48,6 +53,7 @@ def _auth_config(state_dir: Path, auth_database_uri: str, password: str) -> Path
         f"admin_username = {ADMIN}",
         f"admin_password = {password}",
         "authorization_function = mlflow.server.auth:authenticate_request_basic_auth",
+        f"auth_cache_ttl_seconds = {int(cache_seconds)}",
         "",
     ]))
     config.chmod(0o600)
@@ -56,9 +62,10 @@ def _auth_config(state_dir: Path, auth_database_uri: str, password: str) -> Path
 
 def start_mlflow(state_dir: Path, artifacts_destination: str, s3_env: dict, port: int | None = None,
                  backend_store_uri: str | None = None, auth_database_uri: str | None = None, auth: bool = False,
-                 timeout: float = 120.0) -> MlflowServer:
+                 timeout: float = 120.0, auth_cache_seconds: int = AUTH_CACHE_SECONDS) -> MlflowServer:
     """Start `mlflow server` (runs + registry in `backend_store_uri`, default SQLite in `state_dir`; artifacts
-    proxied to `artifacts_destination`); with `auth`, behind basic authentication with a new admin password."""
+    proxied to `artifacts_destination`); with `auth`, behind basic authentication with a new admin password,
+    a verified login remembered for `auth_cache_seconds` (0: every request checks the password)."""
     state_dir = Path(state_dir)
     state_dir.mkdir(parents=True, exist_ok=True)
     if port and not port_free(port):
@@ -75,7 +82,7 @@ def start_mlflow(state_dir: Path, artifacts_destination: str, s3_env: dict, port
     if auth:
         password = secrets.token_urlsafe(24)
         auth_db = auth_database_uri or f"sqlite:///{state_dir / 'basic_auth.db'}"
-        env["MLFLOW_AUTH_CONFIG_PATH"] = str(_auth_config(state_dir, auth_db, password))
+        env["MLFLOW_AUTH_CONFIG_PATH"] = str(_auth_config(state_dir, auth_db, password, auth_cache_seconds))
         env["MLFLOW_FLASK_SERVER_SECRET_KEY"] = secrets.token_hex(16)  # the auth app's CSRF protection needs one
         cmd += ["--app-name", "basic-auth"]
     with open(log, "ab") as out:

@@ -1,7 +1,7 @@
 """The team backend for real: PostgreSQL from the distribution's binaries, `mlflow server` on it with basic auth and
 artifacts in SeaweedFS, all on 127.0.0.1 and started here. ReviewFlow, PromoteFlow and PredictFlow run against it
 with the credentials; without them the flow stops at once with one line naming the settings; no password or key
-ends up in a log, an MLflow param, tag or artifact, or a Metaflow artifact; four flows started at once all finish."""
+ends up in a log, an MLflow param, tag or artifact, or a Metaflow artifact; three flows started at once all finish."""
 import pickle
 import stat
 import tempfile
@@ -153,7 +153,7 @@ def _in_files(folder: Path, secrets: dict) -> list[str]:
             for what, secret in secrets.items() if secret.encode() in file.read_bytes()]
 
 
-def test_four_flows_at_once_against_the_team_backend(team, tmp_path, tiny_model_dir, monkeypatch):
+def test_flows_at_once_against_the_team_backend(team, tmp_path, tiny_model_dir, monkeypatch):
     from tests.flows.test_concurrent_runs import check_registry, start_together
 
     server, _, env, _ = team
@@ -161,5 +161,5 @@ def test_four_flows_at_once_against_the_team_backend(team, tmp_path, tiny_model_
         monkeypatch.setenv(key, value)
     before = len(_client(server, monkeypatch).search_model_versions(f"name = '{BRANCH_MODEL}'"))
     data = write_reviews_csv(tmp_path / "reviews.csv", rows=240)
-    start_together(tmp_path, data, tiny_model_dir, seeds=range(21, 25), env=env)
-    check_registry(_client(server, monkeypatch), before + 4)
+    start_together(tmp_path, data, tiny_model_dir, seeds=range(21, 24), env=env)  # three: each costs a minute
+    check_registry(_client(server, monkeypatch), before + 3)
