@@ -14,9 +14,10 @@ REVIEWFLOW_INFERENCE_LOG_BATCH records (default 1000) are waiting, on `flush()`,
 with atexit). A failed write is counted (`stats()["failed_writes"]`), reported through the `logging` module on
 the first failure and then once per REPORT_EVERY failures, and retried with the same records: nothing is lost
 while the writer recovers. While storage keeps failing the writer backs off (the flush interval, doubled after each
-failure in a row, at most MAX_RETRY_SECONDS) and ignores wake-ups, so a failing store is not hammered at request
-rate; `close()` still makes one last attempt at once. Only when more than REVIEWFLOW_INFERENCE_LOG_MAX_PENDING records
-(default 100,000) are waiting do the oldest get dropped, and they are counted (`records_dropped`).
+failure in a row, at most MAX_RETRY_SECONDS or the flush interval if that is longer) and full buffers do not wake
+it, so a failing store is not hammered at request rate; each `flush()` and `close()` call gets one attempt at
+once. Only when more than REVIEWFLOW_INFERENCE_LOG_MAX_PENDING records (default 100,000) are waiting do the
+oldest get dropped, and they are counted (`records_dropped`).
 
 One row per scored text: time (UTC, ISO 8601, when `record` was called), request_id (rows of one call share it),
 text, label (1 = positive), probability_positive, model_name, model_version. Files are JSON Lines (default) or
@@ -157,6 +158,7 @@ class InferenceLog:
         self._closing = False
         self._seq = 0
         self._failing = 0  # failed writes in a row (0 after a write that worked)
+        self._attempt_now = False  # set by flush(): one attempt without waiting out the back-off
         self._s3 = None
         self._thread = threading.Thread(target=self._run, name="reviewflow-inference-log", daemon=True)
         self._thread.start()
@@ -202,6 +204,7 @@ class InferenceLog:
         failing: the records stay queued and are retried)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
+            self._attempt_now = True  # one attempt now, even while backing off; later ones follow the back-off
             target = self._counts["records_written"] + len(self._pending) + self._writing
             failures = self._counts["failed_writes"]
             while self._counts["records_written"] + self._counts["records_dropped"] < target:
@@ -240,6 +243,8 @@ class InferenceLog:
             else:
                 self._wake.wait(self.flush_seconds)
             self._wake.clear()
+            with self._lock:
+                self._attempt_now = False
             while self._write_some():
                 pass
             with self._lock:
@@ -253,11 +258,11 @@ class InferenceLog:
         return min(self.flush_seconds * 2 ** min(failing - 1, 30), max(MAX_RETRY_SECONDS, self.flush_seconds))
 
     def _back_off(self, failing: int) -> None:
-        """Sleep before the next attempt; a full buffer or flush() does not cut it short, close() does."""
+        """Sleep before the next attempt; a full buffer does not cut it short, a flush() or close() call does."""
         retry_at = time.monotonic() + self.retry_seconds(failing)
         while True:
             with self._lock:
-                if self._closing:
+                if self._closing or self._attempt_now:
                     return
             left = retry_at - time.monotonic()
             if left <= 0:
