@@ -16,13 +16,14 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from infra.local.processes import HOST, ServiceError, free_port, port_free, stop_pid, wait_until
+from infra.local.processes import HOST, ServiceError, free_port, local_urlopen, port_free, stop_pid, wait_until
 
 ADMIN = "admin"
 # Seconds a verified login is remembered by the server process. MLflow checks a basic-auth password with scrypt
-# on every request (70-150 ms of CPU here), which made the server the bottleneck of four flows at once; with the
-# cache a login is checked once per minute (docs/team-setup.md: Logins). The price, which MLflow documents: a
-# password changed outside the server's API is still accepted until the entry expires.
+# on every request (0.40 CPU s per request measured here), which made the server the bottleneck of flows run
+# against it; with the cache a login is checked once per minute (docs/environments.md, the team backend). The
+# price, which MLflow documents: a password changed outside the server's API is still accepted until the entry
+# expires.
 AUTH_CACHE_SECONDS = 60
 
 
@@ -46,7 +47,7 @@ class MlflowServer:
 
 def _auth_config(state_dir: Path, auth_database_uri: str, password: str, cache_seconds: int) -> Path:
     config = state_dir / "basic_auth.ini"
-    config.write_text("\n".join([
+    text = "\n".join([
         "[mlflow]",
         "default_permission = READ",
         f"database_uri = {auth_database_uri}",
@@ -55,8 +56,11 @@ def _auth_config(state_dir: Path, auth_database_uri: str, password: str, cache_s
         "authorization_function = mlflow.server.auth:authenticate_request_basic_auth",
         f"auth_cache_ttl_seconds = {int(cache_seconds)}",
         "",
-    ]))
-    config.chmod(0o600)
+    ])
+    descriptor = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # never readable by others
+    with os.fdopen(descriptor, "w") as out:
+        os.fchmod(out.fileno(), 0o600)  # a file left by an earlier start keeps its mode otherwise
+        out.write(text)
     return config
 
 
@@ -104,5 +108,5 @@ def _answers(server: MlflowServer) -> bool:
     if server.username:
         token = base64.b64encode(f"{server.username}:{server.password}".encode()).decode()
         request.add_header("Authorization", f"Basic {token}")
-    with urllib.request.urlopen(request, timeout=5) as response:
+    with local_urlopen(request, timeout=5) as response:
         return response.status == 200

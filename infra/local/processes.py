@@ -41,6 +41,14 @@ def free_port(with_grpc: bool = False, taken: set | None = None) -> int:
     raise ServiceError("no free port pair found on 127.0.0.1")
 
 
+def local_urlopen(request, timeout: float):
+    """urllib's urlopen for a server on 127.0.0.1, never through a proxy: urllib sends even 127.0.0.1 to an
+    http_proxy from the environment, and the request may carry a login."""
+    import urllib.request
+
+    return urllib.request.build_opener(urllib.request.ProxyHandler({})).open(request, timeout=timeout)
+
+
 def wait_until(check, what: str, timeout: float, proc: subprocess.Popen | None = None, log: str | None = None):
     deadline = time.monotonic() + timeout
     last = None

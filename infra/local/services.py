@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import urllib.request
 from dataclasses import asdict
 from pathlib import Path
 
@@ -30,7 +29,7 @@ if __package__ in (None, ""):  # run as a script: put the repository on sys.path
 
 from infra.local.mlflow_server import MlflowServer, start_mlflow  # noqa: E402
 from infra.local.postgres import start_postgres, stop_postgres  # noqa: E402
-from infra.local.processes import ServiceError, alive, stop_pid  # noqa: E402
+from infra.local.processes import ServiceError, alive, local_urlopen, stop_pid  # noqa: E402
 from infra.local.s3 import DEFAULT_BUCKET, S3Server, s3_client, start_s3  # noqa: E402
 
 STATE_DIR = Path(__file__).resolve().parent / ".state"
@@ -141,7 +140,7 @@ def cmd_status(args) -> int:
     if state.get("mlflow"):
         url = state["mlflow"]["url"]
         try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2):
+            with local_urlopen(f"{url}/health", timeout=2):
                 print(f"mlflow: healthy at {url}")
         except Exception as err:
             healthy = False

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import shutil
 import statistics
 import sys
 import tempfile
@@ -27,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from infra.local import postgres  # noqa: E402
 from infra.local.mlflow_server import start_mlflow  # noqa: E402
-from infra.local.processes import stop_pid  # noqa: E402
+from infra.local.processes import local_urlopen, stop_pid  # noqa: E402
 
 
 def cpu_seconds(pid: int) -> float:
@@ -48,20 +49,26 @@ def cpu_seconds(pid: int) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
-def hammer(server, requests: int, threads: int) -> dict:
+def hammer(server, requests: int, threads: int, max_seconds: float) -> dict:
     token = base64.b64encode(f"{server.username}:{server.password}".encode()).decode()
     url = f"{server.url}/api/2.0/mlflow/registered-models/search?max_results=10"
     latencies: list[float] = []
     failures: list[str] = []
     lock = threading.Lock()
 
+    deadline = time.monotonic() + max_seconds
+
     def client() -> None:
         mine = []
-        for _ in range(requests // threads):
+        for _ in range(max(1, requests // threads)):
+            if time.monotonic() > deadline:
+                with lock:
+                    failures.append(f"not sent: over --max-seconds {max_seconds:g}")
+                continue
             request = urllib.request.Request(url, headers={"Authorization": f"Basic {token}"})
             start = time.perf_counter()
             try:
-                with urllib.request.urlopen(request, timeout=60) as response:
+                with local_urlopen(request, timeout=60) as response:
                     response.read()
             except Exception as err:  # counted and reported, never silently dropped
                 with lock:
@@ -82,8 +89,8 @@ def hammer(server, requests: int, threads: int) -> dict:
     latencies.sort()
     return {"requests": len(latencies), "failed": len(failures), "first_failure": failures[0] if failures else "",
             "requests_per_s": round(len(latencies) / elapsed, 1),
-            "p50_ms": round(1000 * statistics.median(latencies), 1),
-            "p99_ms": round(1000 * latencies[int(0.99 * (len(latencies) - 1))], 1),
+            "p50_ms": round(1000 * statistics.median(latencies), 1) if latencies else None,
+            "p99_ms": round(1000 * latencies[int(0.99 * (len(latencies) - 1))], 1) if latencies else None,
             "server_cpu_s": round(cpu_seconds(server.pid) - cpu_before, 2)}
 
 
@@ -91,13 +98,19 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--threads", type=int, default=4)
+    parser.add_argument("--max-seconds", type=float, default=600.0,
+                        help="stop sending after this many seconds per configuration (the rest count as failed)")
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
     args = parser.parse_args()
     postgres.binaries()  # a clear error naming the package when PostgreSQL is missing
     state = Path(tempfile.mkdtemp(prefix="reviewflow-team-bench-"))
     state.chmod(0o755)  # as root, PostgreSQL runs as the `postgres` user and must reach its folder
-    database = postgres.start_postgres(state / "postgres", ("mlflow", "auth_off", "auth_on"))
     results = []
+    try:
+        database = postgres.start_postgres(state / "postgres", ("mlflow", "auth_off", "auth_on"))
+    except Exception:
+        shutil.rmtree(state, ignore_errors=True)
+        raise
     try:
         for cache_seconds in (0, 60):
             server = start_mlflow(state / f"mlflow-{cache_seconds}", str(state / "artifacts"), {},
@@ -105,12 +118,14 @@ def main() -> int:
                                   auth_database_uri=database.uri("auth_on" if cache_seconds else "auth_off"),
                                   auth=True, auth_cache_seconds=cache_seconds)
             try:
-                hammer(server, 2 * args.threads, args.threads)  # warm up: connections, first login
-                results.append({"auth_cache_seconds": cache_seconds, **hammer(server, args.requests, args.threads)})
+                hammer(server, 2 * args.threads, args.threads, args.max_seconds)  # warm up: connections, first login
+                results.append({"auth_cache_seconds": cache_seconds,
+                                **hammer(server, args.requests, args.threads, args.max_seconds)})
             finally:
                 stop_pid(server.pid)
     finally:
         postgres.stop_postgres(database.data_dir)
+        shutil.rmtree(state, ignore_errors=True)  # the database, its password file and the auth config
     for result in results:
         print(json.dumps(result) if args.json else
               "  ".join(f"{key}={value}" for key, value in result.items() if key != "first_failure" or value))

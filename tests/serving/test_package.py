@@ -6,7 +6,7 @@ import pytest
 
 from schemas import LABEL_COLUMN, TEXT_COLUMN
 from steps.serving.onnx_export import export_onnx, quantize_int8
-from steps.serving.package import FP32_TOLERANCE, check_parity, choose_backend
+from steps.serving.package import FP32_TOLERANCE, INT8_TOLERANCE, check_parity, choose_backend
 from tests.fixtures import review_frame
 
 
@@ -52,6 +52,50 @@ def test_an_onnx_graph_of_another_model_fails_its_parity_check(classifier, tiny_
     assert not parity["onnx"]["passed"] and parity["onnx"]["max_abs_diff"] > FP32_TOLERANCE
     backend, why = choose_backend({**parity, "onnx-int8": {**parity["onnx-int8"], "passed": False}})
     assert backend == "torch" and "first of onnx-int8, onnx, torch that passed parity" in why
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_model_dir) -> str:
+    """The tiny classifier fine-tuned on reviews whose sentiment is in clear words: its predictions depend on
+    the text, so an accuracy drop can be seen."""
+    import torch
+
+    from steps.training.config import TrainConfig
+    from steps.training.loop import train_classifier
+    from steps.training.models import load_classifier, load_tokenizer
+    from steps.training.tokenize import encode
+
+    rows = review_frame(240, seed=0)
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    torch.manual_seed(3)
+    model = load_classifier(str(tiny_model_dir))
+    train_classifier(model, encode(rows[TEXT_COLUMN].tolist(), rows[LABEL_COLUMN].tolist(), tokenizer, 32), None,
+                     TrainConfig(epochs=4, batch_size=16, learning_rate=8e-3, seed=3), log=lambda line: None,
+                     progress="quiet")
+    target = tmp_path_factory.mktemp("trained")
+    model.save_pretrained(target)
+    tokenizer.save_pretrained(target)
+    return str(target)
+
+
+def test_an_int8_graph_is_judged_by_the_accuracy_and_f1_it_loses(trained, classifier, tmp_path):
+    """int8 may move probabilities; it passes while it loses at most INT8_TOLERANCE of accuracy and of F1, and a
+    graph that predicts worse than that fails."""
+    untrained_onnx = classifier[1]["onnx"]  # a head that was never trained: it does not read the reviews
+    fp32 = export_onnx(trained, tmp_path / "model.onnx")
+    rows = review_frame(80, seed=5)
+    texts, labels = rows[TEXT_COLUMN].tolist(), rows[LABEL_COLUMN]
+    own = check_parity(trained, {"onnx": str(fp32), "onnx-int8": str(quantize_int8(fp32, tmp_path / "q.onnx"))},
+                       texts, labels, max_length=32)
+    reference = own["torch"]
+    assert reference["accuracy"] >= 0.8  # the premise: the trained model reads the sentiment words
+    int8 = own["onnx-int8"]  # whichever way it went, the verdict follows the two drops
+    drops = (reference["accuracy"] - int8["accuracy"], reference["f1"] - int8["f1"])
+    assert int8["passed"] == (max(drops) <= INT8_TOLERANCE + 1e-12), (int8, reference)
+    worse = check_parity(trained, {"onnx": str(fp32), "onnx-int8": untrained_onnx}, texts, labels, max_length=32)
+    assert reference["accuracy"] - worse["onnx-int8"]["accuracy"] > INT8_TOLERANCE
+    assert not worse["onnx-int8"]["passed"] and worse["onnx"]["passed"]
+    assert choose_backend(worse)[0] == "onnx"
 
 
 def speeds(torch: float, onnx: float, int8: float, int8_passed: bool = True) -> dict:
