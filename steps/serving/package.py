@@ -149,6 +149,7 @@ def log_served_model(classifier_dir: str, texts: list[str], labels, *, max_lengt
     import pandas as pd
 
     from steps.serving.onnx_export import export_onnx, quantize_int8
+    from steps.training.device import pick_device
 
     with tempfile.TemporaryDirectory(prefix="reviewflow-served-") as tmp:
         artifacts = {"classifier": classifier_dir}
@@ -158,7 +159,7 @@ def log_served_model(classifier_dir: str, texts: list[str], labels, *, max_lengt
             onnx_files = {"onnx": str(fp32), "onnx-int8": str(int8)}
             artifacts.update(onnx_fp32=str(fp32), onnx_int8=str(int8))
             parity = check_parity(classifier_dir, onnx_files, texts, labels, max_length)
-            chosen, why = choose_backend(parity, backend, gpu=_torch_on_gpu())
+            chosen, why = choose_backend(parity, backend, gpu=pick_device().type == "cuda")
         else:
             parity, chosen, why = {}, "torch", "PyTorch only (no ONNX variants were made)"
         for name, figures in parity.items():
@@ -182,12 +183,6 @@ def log_served_model(classifier_dir: str, texts: list[str], labels, *, max_lengt
             tags={TRAINED_BY: trained_by, "reviewflow.served": json.dumps(served, sort_keys=True)},
         )
     return ServedModel(model_uri=f"models:/{info.model_id}", model_id=info.model_id, **served)
-
-
-def _torch_on_gpu() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def as_dict(served: ServedModel) -> dict:
