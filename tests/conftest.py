@@ -1,5 +1,7 @@
 """Shared test setup: offline, quiet, few threads; a tiny DistilBERT and small review files built here."""
 import os
+import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -90,33 +92,34 @@ MLFLOW_PROCESS_SETTINGS = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW
                            "MLFLOW_TRACKING_PASSWORD")
 
 
-def _restore_mlflow_settings(saved: dict) -> None:
-    import sys
+@contextmanager
+def _mlflow_settings_kept():
+    saved = {key: os.environ.get(key) for key in MLFLOW_PROCESS_SETTINGS}
+    try:
+        yield
+    finally:
+        if "mlflow" in sys.modules:
+            import mlflow
 
-    if "mlflow" in sys.modules:
-        import mlflow
-
-        mlflow.set_tracking_uri(None)
-        mlflow.set_registry_uri(None)
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+            mlflow.set_tracking_uri(None)
+            mlflow.set_registry_uri(None)
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 @pytest.fixture(autouse=True, scope="module")
 def _mlflow_settings_stay_in_their_module():
-    saved = {key: os.environ.get(key) for key in MLFLOW_PROCESS_SETTINGS}
-    yield
-    _restore_mlflow_settings(saved)
+    with _mlflow_settings_kept():
+        yield
 
 
 @pytest.fixture(autouse=True)
 def _mlflow_settings_stay_in_their_test():
-    saved = {key: os.environ.get(key) for key in MLFLOW_PROCESS_SETTINGS}
-    yield
-    _restore_mlflow_settings(saved)
+    with _mlflow_settings_kept():
+        yield
 
 
 @pytest.fixture

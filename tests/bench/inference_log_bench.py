@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from steps.serving.inference_log import InferenceLog  # noqa: E402
+from tests.bench.clients import run_at_once  # noqa: E402
 
 
 def texts(n: int) -> list[str]:
@@ -52,12 +53,7 @@ def run(location: str, fmt: str, calls: int, per_call: int, threads: int) -> dic
             timings.extend(mine)
 
     started = time.perf_counter()
-    workers = [threading.Thread(target=client) for _ in range(threads)]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join()
-    elapsed = time.perf_counter() - started
+    elapsed = run_at_once(client, threads)
     flushed = log.flush(timeout=120)
     drained = time.perf_counter() - started
     stats = log.close()

@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 from infra.local import postgres  # noqa: E402
 from infra.local.mlflow_server import start_mlflow  # noqa: E402
 from infra.local.processes import local_urlopen, stop_pid  # noqa: E402
+from tests.bench.clients import run_at_once  # noqa: E402
 
 
 def cpu_seconds(pid: int) -> float:
@@ -79,13 +80,7 @@ def hammer(server, requests: int, threads: int, max_seconds: float) -> dict:
             latencies.extend(mine)
 
     cpu_before = cpu_seconds(server.pid)
-    started = time.perf_counter()
-    workers = [threading.Thread(target=client) for _ in range(threads)]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join()
-    elapsed = time.perf_counter() - started
+    elapsed = run_at_once(client, threads)
     latencies.sort()
     return {"requests": len(latencies), "failed": len(failures), "first_failure": failures[0] if failures else "",
             "requests_per_s": round(len(latencies) / elapsed, 1),

@@ -11,13 +11,12 @@ import uuid
 from pathlib import Path
 
 import pytest
-from mlflow import MlflowClient
 
 from infra.local import postgres
 from infra.local.mlflow_server import start_mlflow
 from infra.local.processes import ServiceError, stop_pid
 from tests.fixtures import write_reviews_csv
-from tests.flow_runs import BRANCH_MODEL, TINY_TRAINING, run_flow
+from tests.flow_runs import BRANCH_MODEL, TINY_TRAINING, run_flow, store_client
 
 pytestmark = pytest.mark.flow
 
@@ -87,19 +86,11 @@ def team_runs(team, tmp_path_factory, tiny_model_dir):
                      "predict": (predict, predict_run)}
 
 
-def _client(server, monkeypatch):
-    """A client logged in to the team server, for this test only (MlflowClient reads the login from the
-    environment)."""
-    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", server.username)
-    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", server.password)
-    return MlflowClient(tracking_uri=server.url, registry_uri=server.url)
-
-
 def test_the_flows_run_against_postgresql_behind_auth_with_artifacts_in_s3(team, team_runs, monkeypatch):
     server, _, env, _ = team
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    client = _client(server, monkeypatch)
+    client = store_client(server.url)
     versions = client.search_model_versions(f"name = '{BRANCH_MODEL}'")
     assert [int(v.version) for v in versions] == [1]
     assert client.get_model_version_by_alias(BRANCH_MODEL, "champion").version == "1"
@@ -118,7 +109,7 @@ def test_no_password_or_key_in_logs_params_tags_or_artifacts(team, team_runs, tm
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     workdir, runs = team_runs
-    client = _client(server, monkeypatch)
+    client = store_client(server.url)
     mlflow.set_tracking_uri(server.url)
     found = []
     for name, (run, executing) in runs.items():
@@ -159,7 +150,7 @@ def test_flows_at_once_against_the_team_backend(team, tmp_path, tiny_model_dir, 
     server, _, env, _ = team
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    before = len(_client(server, monkeypatch).search_model_versions(f"name = '{BRANCH_MODEL}'"))
+    before = len(store_client(server.url).search_model_versions(f"name = '{BRANCH_MODEL}'"))
     data = write_reviews_csv(tmp_path / "reviews.csv", rows=240)
     start_together(tmp_path, data, tiny_model_dir, seeds=range(21, 24), env=env)  # three: each costs a minute
-    check_registry(_client(server, monkeypatch), before + 3)
+    check_registry(store_client(server.url), before + 3)
