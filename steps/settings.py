@@ -134,8 +134,11 @@ SETTINGS: tuple[Setting, ...] = (
        "then it decays linearly to 0.", "training", range=Range(0, 1, high_open=True)),
     _s("max-grad-norm", float, 1.0, "Clip the gradient norm of every optimizer step to this.", "training",
        range=Range(low=0, low_open=True)),
-    _s("patience", int, 2, "Stop after this many epochs without a lower validation loss (0 = never stop early).",
-       "training", range=Range(low=0)),
+    _s("patience", int, 2, "Stop after this many epochs without a better validation score (--best-epoch-by; 0 = "
+       "never stop early).", "training", range=Range(low=0)),
+    _s("best-epoch-by", str, "f1", "Which validation figure picks the epoch whose weights are kept: f1 (of the "
+       "positive class, what the promotion gate judges; ties go to the lower loss) or loss.", "training",
+       choices=("f1", "loss")),
     _s("freeze-encoder", bool, False, "Train only the classification head; the pretrained encoder stays as it is.",
        "training"),
     _s("class-weights", str, "none", "none, or auto: weight the loss by inverse class frequency (for imbalanced "

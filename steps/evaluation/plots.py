@@ -50,7 +50,7 @@ def moving_average(values, window: int):
 
 
 def epoch_curves(history: list[dict], resumed_from_epoch: int = 0) -> bytes:
-    """Loss (training and validation) and validation accuracy per epoch, side by side."""
+    """Loss (training and validation) and validation accuracy and F1 per epoch, side by side."""
     fig, (loss_ax, acc_ax) = figure(WIDE, 1, 2)
     epochs = [h["epoch"] for h in history]
     loss_ax.plot(epochs, [h["train_loss"] for h in history], marker="o", label="training loss")
@@ -61,13 +61,16 @@ def epoch_curves(history: list[dict], resumed_from_epoch: int = 0) -> bytes:
     loss_ax.set_ylabel("cross-entropy loss")
     loss_ax.legend(frameon=False)
     if any("val_accuracy" in h for h in history):
-        acc_ax.plot(epochs, [h.get("val_accuracy") for h in history], marker="o", color="C2")
-        acc_ax.set_title("Validation accuracy per epoch")
+        acc_ax.plot(epochs, [h.get("val_accuracy") for h in history], marker="o", color="C2", label="accuracy")
+        if any("val_f1" in h for h in history):
+            acc_ax.plot(epochs, [h.get("val_f1") for h in history], marker="o", color="C3", label="F1")
+            acc_ax.legend(frameon=False)
+        acc_ax.set_title("Validation accuracy and F1 per epoch")
     else:
         acc_ax.text(0.5, 0.5, "no validation split", ha="center", va="center", transform=acc_ax.transAxes)
         acc_ax.set_title("Validation accuracy")
     acc_ax.set_xlabel("epoch")
-    acc_ax.set_ylabel("accuracy")
+    acc_ax.set_ylabel("accuracy, F1")
     for ax in (loss_ax, acc_ax):
         ax.set_xticks(epochs)
         if resumed_from_epoch:

@@ -7,9 +7,10 @@ from steps import settings
 
 # Settings a checkpoint must share with a run to continue it. Not the micro-batch (an out-of-memory back-off
 # changes it without changing the trajectory), nor precision, compile or patience (resuming under other ones
-# is allowed).
+# is allowed). best_epoch_by does not change the trajectory but does decide which epoch's weights the checkpoint
+# holds as the best so far.
 TRAJECTORY = ("epochs", "learning_rate", "weight_decay", "warmup_ratio", "max_grad_norm", "seed", "freeze_encoder",
-              "class_weights")
+              "class_weights", "best_epoch_by")
 
 
 class _TrainConfigMethods:

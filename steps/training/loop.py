@@ -150,7 +150,9 @@ class Trainer:
                 self.after_epoch(state.epoch)
             faults.inject(f"train/after_epoch_{state.epoch}")  # test hook; nothing unless a test sets it
         if state.best_weights is not None and state.best_epoch != state.epoch:
-            self.log(f"restoring the weights of epoch {state.best_epoch} (lowest val_loss {state.best_loss:.4f})")
+            best = state.history[state.best_epoch - 1]
+            self.log(f"restoring the weights of epoch {state.best_epoch} (the best {self.selection}: "
+                     + ", ".join(f"{k} {best[k]:.4f}" for k in ("val_f1", "val_loss") if k in best) + ")")
             self.model.load_state_dict(state.best_weights)
 
     def train_epoch(self) -> dict:
@@ -281,18 +283,36 @@ class Trainer:
                                          self.class_weights))
         metrics["epoch_seconds"] = round(time.perf_counter() - started, 2)
         state.history.append(metrics)
-        text = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k in ("train_loss", "val_loss", "val_accuracy"))
+        shown = ("train_loss", "val_loss", "val_accuracy", "val_f1")
+        text = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k in shown)
         self.log(f"epoch {metrics['epoch']}/{config.epochs}: {text}  {metrics['epoch_samples_per_s']:.1f} samples/s  "
                  f"({metrics['epoch_seconds']:.0f} s)")
-        score = metrics.get("val_loss", -metrics["epoch"])  # no validation set: the last epoch is the best
-        if score < state.best_loss:
-            state.best_loss, state.stale, state.best_epoch = score, 0, metrics["epoch"]
+        score = self.score(metrics)
+        if state.best_score is None or score < state.best_score:
+            state.best_score, state.stale, state.best_epoch = score, 0, metrics["epoch"]
             state.best_weights = cpu_state_dict(self.model)
         else:
             state.stale += 1
             if config.patience and state.stale >= config.patience:
                 state.stopped_early = True
-                self.log(f"early stopping: val_loss has not improved for {state.stale} epoch(s)")
+                self.log(f"early stopping: the {self.selection} has not improved for {state.stale} epoch(s)")
+
+    @property
+    def selection(self) -> str:
+        """What picks the best epoch, in words."""
+        if self.val is None or not len(self.val):
+            return "last epoch (no validation rows)"
+        return "validation F1, then loss" if self.config.best_epoch_by == "f1" else "validation loss"
+
+    def score(self, metrics: dict) -> list:
+        """An epoch's score, lower is better, compared as a list: --best-epoch-by f1 ranks by validation F1 and
+        breaks ties with the lower loss (on a few hundred validation rows two epochs often tie on F1); loss ranks
+        by validation loss alone. Without validation rows the last epoch is the best."""
+        if "val_loss" not in metrics:
+            return [-metrics["epoch"]]
+        if self.config.best_epoch_by == "f1":
+            return [-metrics["val_f1"], metrics["val_loss"]]
+        return [metrics["val_loss"]]
 
     # --- checkpoints -----------------------------------------------------------------------------------------
     def resume_key(self) -> dict:
@@ -401,6 +421,7 @@ def _evaluate_loss(model, tokens, batch_size, device, dtype, class_weights) -> d
     total_loss = torch.zeros((), device=device, dtype=torch.float64)
     total_weight = torch.zeros((), device=device, dtype=torch.float64)
     correct = torch.zeros((), device=device, dtype=torch.int64)
+    counts = torch.zeros(3, device=device, dtype=torch.int64)  # true positives, predicted positives, positives
     with torch.inference_mode():
         for rows in sorted_batches(tokens.lengths, batch_size):
             ids, mask, labels = collate(tokens, rows, device)
@@ -408,6 +429,13 @@ def _evaluate_loss(model, tokens, batch_size, device, dtype, class_weights) -> d
                 logits = model(input_ids=ids, attention_mask=mask).logits.float()
             total_loss += torch.nn.functional.cross_entropy(logits, labels, weight=weight, reduction="sum")
             total_weight += weight[labels].sum() if weight is not None else len(rows)
-            correct += (logits.argmax(-1) == labels).sum()
+            predicted = logits.argmax(-1)
+            correct += (predicted == labels).sum()
+            counts += torch.stack([((predicted == 1) & (labels == 1)).sum(), (predicted == 1).sum(),
+                                   (labels == 1).sum()])
     seen = max(len(tokens), 1)
-    return {"val_loss": (total_loss / total_weight.clamp(min=1e-12)).item(), "val_accuracy": correct.item() / seen}
+    true_positives, predicted_positives, positives = counts.tolist()
+    # F1 of the positive class (label 1), as the gate computes it; 0 where there is nothing to find or nothing found
+    f1 = 2 * true_positives / (predicted_positives + positives) if predicted_positives + positives else 0.0
+    return {"val_loss": (total_loss / total_weight.clamp(min=1e-12)).item(), "val_accuracy": correct.item() / seen,
+            "val_f1": f1}

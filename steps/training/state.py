@@ -11,13 +11,12 @@ rows and the model's shapes. A job whose key differs starts from scratch instead
 from __future__ import annotations
 
 import hashlib
-import math
 from dataclasses import dataclass, field
 
 from steps.training.device import rng_state, set_rng_state
 from steps.training.history import StepHistory
 
-CHECKPOINT_FORMAT = 2
+CHECKPOINT_FORMAT = 3  # 3: best_score (a list, lower is better) replaced best_loss
 
 
 @dataclass
@@ -31,8 +30,8 @@ class TrainingState:
     train_seconds: float = 0.0  # time inside optimizer steps
     history: list[dict] = field(default_factory=list)  # one dict per finished epoch
     best_epoch: int = 0
-    best_loss: float = math.inf
-    stale: int = 0  # epochs since the validation loss last improved
+    best_score: list | None = None  # the best epoch's score, lower is better (Trainer.score); None before any epoch
+    stale: int = 0  # epochs since the validation score last improved
     stopped_early: bool = False
     oom_events: list[dict] = field(default_factory=list)  # {"epoch", "step", "from", "to"}
     step_history: StepHistory = field(default_factory=StepHistory)
@@ -41,7 +40,7 @@ class TrainingState:
     resumed_at_step: int = 0
 
     PLAIN = ("epoch", "steps", "micro_batch_size", "samples", "real_tokens", "padded_tokens", "train_seconds",
-             "history", "best_epoch", "best_loss", "stale", "stopped_early", "oom_events")
+             "history", "best_epoch", "best_score", "stale", "stopped_early", "oom_events")
 
     def checkpoint(self, resume_key: dict, model, optimizer, scheduler, scaler, device) -> dict:
         """Everything needed to continue after this epoch, as one dict for a CheckpointStore."""

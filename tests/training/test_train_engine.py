@@ -4,6 +4,7 @@ import torch
 
 from steps.data.split import split_reviews
 from steps.runtime.errors import ReviewflowError
+from steps.training.batching import collate
 from steps.training.checkpoints import CheckpointStore
 from steps.training.config import TrainConfig
 from steps.training.device import seed_everything
@@ -55,15 +56,42 @@ def test_tiny_model_learns_the_sentiment_words(tiny_model_dir, tiny_tokens):
     assert (result.micro_batch_size, result.grad_accum, result.oom_backoffs) == (16, 1, 0)
 
 
-def test_best_epoch_weights_are_restored(tiny_model_dir, tiny_tokens):
-    """With a learning rate far too high, later epochs get worse; the best one's weights are kept."""
+@pytest.mark.parametrize("best_epoch_by", ["f1", "loss"])
+def test_best_epoch_weights_are_restored(tiny_model_dir, tiny_tokens, best_epoch_by):
+    """With a learning rate far too high, later epochs get worse; the best one's weights are kept: the highest
+    validation F1 (ties: the lower loss), or with --best-epoch-by loss the lowest validation loss."""
     model = fresh_model(tiny_model_dir)
-    result = train_classifier(model, tiny_tokens["train"], tiny_tokens["validation"],
-                              TrainConfig(epochs=3, batch_size=8, learning_rate=0.5, seed=0, patience=5), log=quiet)
+    messages = []
+    config = TrainConfig(epochs=3, batch_size=8, learning_rate=0.5, seed=0, patience=5, best_epoch_by=best_epoch_by)
+    result = train_classifier(model, tiny_tokens["train"], tiny_tokens["validation"], config, log=messages.append)
     final = evaluate_loss(model, tiny_tokens["validation"], 8, torch.device("cpu"))
     best = result.history[result.best_epoch - 1]
-    assert final["val_loss"] == pytest.approx(best["val_loss"], rel=1e-5)
-    assert best["val_loss"] == min(h["val_loss"] for h in result.history)
+    assert final["val_loss"] == pytest.approx(best["val_loss"], rel=1e-5) and final["val_f1"] == best["val_f1"]
+    if best_epoch_by == "f1":
+        ranked = min(result.history, key=lambda h: (-h["val_f1"], h["val_loss"]))
+    else:
+        ranked = min(result.history, key=lambda h: h["val_loss"])
+    assert result.best_epoch == ranked["epoch"]
+    if result.best_epoch != len(result.history):
+        by = "validation F1, then loss" if best_epoch_by == "f1" else "validation loss"
+        assert any(m.startswith(f"restoring the weights of epoch {result.best_epoch} (the best {by}") for m in messages)
+
+
+def test_validation_f1_is_the_positive_class_f1(tiny_model_dir, tiny_tokens):
+    """The engine's validation F1 (what --best-epoch-by f1 ranks) is scikit-learn's F1 of label 1, as the gate's."""
+    from sklearn.metrics import accuracy_score, f1_score
+
+    model = fresh_model(tiny_model_dir)
+    train_classifier(model, tiny_tokens["train"], None, TrainConfig(epochs=4, batch_size=16, learning_rate=3e-3,
+                                                                    seed=0), log=quiet)
+    validation = tiny_tokens["validation"]
+    figures = evaluate_loss(model, validation, 8, torch.device("cpu"))
+    ids, mask, _ = collate(validation, np.arange(len(validation)), torch.device("cpu"))
+    with torch.inference_mode():
+        predicted = model(input_ids=ids, attention_mask=mask).logits.argmax(-1).numpy()
+    assert 0 < predicted.sum() < len(predicted)  # both classes predicted: F1 is not a degenerate 0 or 1
+    assert figures["val_f1"] == pytest.approx(f1_score(validation.labels, predicted), abs=1e-12)
+    assert figures["val_accuracy"] == pytest.approx(accuracy_score(validation.labels, predicted), abs=1e-12)
 
 
 def test_early_stopping_after_patience_epochs_without_improvement(tiny_model_dir, tiny_tokens):
@@ -72,8 +100,8 @@ def test_early_stopping_after_patience_epochs_without_improvement(tiny_model_dir
     flipped.labels = 1 - flipped.labels
     messages = []
     result = train_classifier(fresh_model(tiny_model_dir), tiny_tokens["train"], flipped,
-                              TrainConfig(epochs=10, batch_size=16, learning_rate=3e-3, seed=0, patience=2),
-                              log=messages.append)
+                              TrainConfig(epochs=10, batch_size=16, learning_rate=3e-3, seed=0, patience=2,
+                                          best_epoch_by="loss"), log=messages.append)
     losses = [h["val_loss"] for h in result.history]
     assert result.stopped_early and len(result.history) == result.best_epoch + 2 < 10
     assert all(loss >= losses[result.best_epoch - 1] for loss in losses[result.best_epoch:])
@@ -246,6 +274,12 @@ def test_a_checkpoint_of_other_settings_is_ignored(tiny_model_dir, tiny_tokens, 
                               log=messages.append, checkpoints=store)
     assert result.resumed_from_epoch == 0 and len(result.history) == 1
     assert any("ignoring the checkpoint" in m and "learning_rate" in m for m in messages)
+    # another --best-epoch-by: the checkpoint's best-so-far epoch was picked by the other figure
+    messages = []
+    train_classifier(fresh_model(tiny_model_dir), tiny_tokens["train"], None,
+                     TrainConfig(epochs=1, batch_size=16, learning_rate=1e-3, seed=0, best_epoch_by="loss"),
+                     log=messages.append, checkpoints=store)
+    assert any("ignoring the checkpoint" in m and "best_epoch_by" in m for m in messages)
 
 
 def test_a_checkpoint_that_cannot_be_saved_does_not_stop_training(tiny_model_dir, tiny_tokens, tmp_path):

@@ -11,10 +11,11 @@ def training_card(result, config, plots: dict) -> list:
     s = result.summary()
     parts = [Markdown(f"# Training: {s['epochs_run']} of {config.epochs} epoch(s) on {result.device} "
                       f"({result.precision})")]
+    by = "validation F1, then loss" if config.best_epoch_by == "f1" else "validation loss"
     best = (f"best epoch **{s['best_epoch']}**"
-            + (f" (validation loss {s['best_val_loss']:.4f}, accuracy {s['best_val_accuracy']:.4f})"
-               if "best_val_loss" in s else "") + ", its weights kept")
-    stop = "stopped early (no better validation loss)" if result.stopped_early else "ran all epochs"
+            + (f" by {by} (F1 {s['best_val_f1']:.4f}, loss {s['best_val_loss']:.4f}, accuracy "
+               f"{s['best_val_accuracy']:.4f})" if "best_val_f1" in s else "") + ", its weights kept")
+    stop = f"stopped early (no better {by})" if result.stopped_early else "ran all epochs"
     parts.append(Markdown(
         f"{best}; {stop}. {s['steps']} optimizer steps in {s['train_seconds']:.0f} s of training: "
         f"**{s['samples_per_s']:.1f} samples/s**, {s['real_tokens_per_s']:,.0f} real tokens/s, "
@@ -44,9 +45,10 @@ def training_card(result, config, plots: dict) -> list:
         note = ", ".join(n for n in ("best" if h["epoch"] == result.best_epoch else "",
                                      "from checkpoint" if h["epoch"] <= result.resumed_from_epoch else "") if n)
         rows.append([h["epoch"], fmt(h["train_loss"]), fmt(h.get("val_loss")), fmt(h.get("val_accuracy")),
-                     one_decimal(h.get("epoch_samples_per_s")), one_decimal(h.get("epoch_seconds")), note])
+                     fmt(h.get("val_f1")), one_decimal(h.get("epoch_samples_per_s")),
+                     one_decimal(h.get("epoch_seconds")), note])
     parts.append(Table(rows, headers=["epoch", "training loss", "validation loss", "validation accuracy",
-                                      "samples/s", "seconds", ""]))
+                                      "validation F1", "samples/s", "seconds", ""]))
     for name, png in plots.items():
         parts.append(Image(src=png, label=name.removesuffix(".png").replace("_", " ")))
     parts.append(Markdown("**Settings**: " + ", ".join(f"{k} `{v}`" for k, v in config.as_params().items())))
