@@ -1,0 +1,100 @@
+"""Which epoch to keep, and which recipe: validation and test figures after every epoch, per training recipe and seed.
+
+    python tests/bench/epoch_sweep.py --seeds 42,1,2,3                       # the default recipe
+    python tests/bench/epoch_sweep.py --recipes "epochs=3,batch-size=32,learning-rate=1e-4" --seeds 42,1,2,3
+    python tests/bench/epoch_sweep.py --recipes "epochs=3;epochs=4,learning-rate=2e-5"   # several, `;` between
+
+The data, split and tokens are the default ReviewFlow run's (`--data`, default sample:amazon, read and split with
+the flow's seed 42 whatever the training seed: the test rows stay the same); each recipe is the default training
+settings with the given ones changed (any setting of the `training` group). Every (recipe, training seed) trains
+once with the engine (steps/training/loop.py, no early stopping) and scores the test rows after every epoch with
+PyTorch in fp32, then says which epoch each --best-epoch-by rule would have kept. One JSON line per run on stdout:
+recipe, seed, per-epoch val_loss / val_accuracy / val_f1 / test_accuracy / test_f1, and for "f1" and "loss" the
+kept epoch and its test figures. Not part of the test suite: a run of the default recipe takes about a minute per
+seed on a 2-core CPU.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+SPLIT_SEED = 42  # ReviewFlow's default --seed: the split every recipe is scored on
+
+
+def parse_recipe(text: str) -> dict:
+    """"epochs=3,learning-rate=1e-4" -> {"epochs": 3, "learning-rate": 0.0001}: CompareFlow's candidate syntax,
+    parsed and checked by the same code (steps/evaluation/compare.py)."""
+    from steps.evaluation.compare import check_candidates, parse_candidates
+
+    candidates = parse_candidates(f"minilm[{text}]" if text.strip() else "minilm")
+    check_candidates(candidates)
+    return candidates[0].overrides
+
+
+def kept(history: list[dict], rule: str) -> dict:
+    """The epoch the engine keeps under --best-epoch-by `rule` (its Trainer.score, lower is better)."""
+    key = (lambda h: (-h["val_f1"], h["val_loss"])) if rule == "f1" else (lambda h: (h["val_loss"],))
+    return min(history, key=key)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default="sample:amazon")
+    parser.add_argument("--recipes", default="", help="`;`-separated recipes; an empty one is the default settings")
+    parser.add_argument("--seeds", default="42", help="training seeds, comma-separated")
+    args = parser.parse_args()
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+    from sklearn.metrics import accuracy_score, f1_score
+
+    from schemas import LABEL_COLUMN
+    from steps import settings
+    from steps.data.ingest import load_reviews
+    from steps.data.split import split_reviews
+    from steps.evaluation.evaluate import predict_proba
+    from steps.training.config import TrainConfig
+    from steps.training.device import seed_everything
+    from steps.training.loop import train_classifier
+    from steps.training.models import load_classifier, load_tokenizer
+    from steps.training.tokenize import tokenize_split
+
+    model_name, max_length = settings.default("model"), settings.default("max-length")
+    parts = split_reviews(load_reviews(args.data, seed=SPLIT_SEED).frame, seed=SPLIT_SEED)
+    with contextlib.redirect_stdout(sys.stderr):  # its closing line; stdout has only the JSON lines
+        tokens = tokenize_split(parts.frames(), load_tokenizer(model_name), max_length, "quiet")
+    test_labels = parts.test[LABEL_COLUMN].to_numpy().astype(int)
+
+    def test_figures(model) -> dict:
+        predicted = (predict_proba(model, tokens["test"]) >= 0.5).astype(int)
+        return {"test_accuracy": round(accuracy_score(test_labels, predicted), 4),
+                "test_f1": round(f1_score(test_labels, predicted), 4)}
+
+    for recipe in args.recipes.split(";"):
+        changed = parse_recipe(recipe)
+        for seed in (int(s) for s in args.seeds.split(",")):
+            config = TrainConfig.from_values({**changed, "seed": seed, "patience": 0})
+            seed_everything(seed)
+            model = load_classifier(model_name)
+            scores = {}
+            started = time.perf_counter()
+            def after_epoch(epoch, model=model, scores=scores):
+                scores[epoch] = test_figures(model)
+
+            result = train_classifier(model, tokens["train"], tokens["validation"], config, progress="quiet",
+                                      log=lambda message: None, after_epoch=after_epoch)
+            history = [{"epoch": h["epoch"], **{k: round(h[k], 4) for k in ("val_loss", "val_accuracy", "val_f1")},
+                        **scores[h["epoch"]]} for h in result.history]
+            print(json.dumps({"recipe": recipe or "default", "seed": seed, "epochs": history,
+                              **{f"kept_by_{rule}": kept(history, rule) for rule in ("f1", "loss")},
+                              "seconds": round(time.perf_counter() - started, 1)}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
