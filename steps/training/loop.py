@@ -302,17 +302,20 @@ class Trainer:
         """What picks the best epoch, in words."""
         if self.val is None or not len(self.val):
             return "last epoch (no validation rows)"
-        return "validation F1, then loss" if self.config.best_epoch_by == "f1" else "validation loss"
+        binary = int(getattr(self.model.config, "num_labels", 2)) == 2
+        return "validation F1, then loss" if self.config.best_epoch_by == "f1" and binary else "validation loss"
 
     def score(self, metrics: dict) -> list:
         """An epoch's score, lower is better, compared as a list: --best-epoch-by f1 ranks by validation F1 and
         breaks ties with the lower loss (on a few hundred validation rows two epochs often tie on F1); loss ranks
-        by validation loss alone. Without validation rows the last epoch is the best."""
+        by validation loss alone, and so does f1 for a model with more than two labels (no positive class to score).
+        Without validation rows the last epoch is the best."""
         if "val_loss" not in metrics:
             return [-metrics["epoch"]]
-        if self.config.best_epoch_by == "f1":
-            return [-metrics["val_f1"], metrics["val_loss"]]
-        return [metrics["val_loss"]]
+        loss = metrics["val_loss"] if math.isfinite(metrics["val_loss"]) else math.inf  # a NaN loss ranks last
+        if self.config.best_epoch_by == "f1" and "val_f1" in metrics:
+            return [-metrics["val_f1"], loss]
+        return [loss]
 
     # --- checkpoints -----------------------------------------------------------------------------------------
     def resume_key(self) -> dict:
@@ -434,8 +437,11 @@ def _evaluate_loss(model, tokens, batch_size, device, dtype, class_weights) -> d
             counts += torch.stack([((predicted == 1) & (labels == 1)).sum(), (predicted == 1).sum(),
                                    (labels == 1).sum()])
     seen = max(len(tokens), 1)
-    true_positives, predicted_positives, positives = counts.tolist()
-    # F1 of the positive class (label 1), as the gate computes it; 0 where there is nothing to find or nothing found
-    f1 = 2 * true_positives / (predicted_positives + positives) if predicted_positives + positives else 0.0
-    return {"val_loss": (total_loss / total_weight.clamp(min=1e-12)).item(), "val_accuracy": correct.item() / seen,
-            "val_f1": f1}
+    figures = {"val_loss": (total_loss / total_weight.clamp(min=1e-12)).item(), "val_accuracy": correct.item() / seen}
+    if int(getattr(model.config, "num_labels", 2)) == 2:
+        # F1 of the positive class (label 1), as the gate computes it; 0 where there is nothing to find or nothing
+        # found
+        true_positives, predicted_positives, positives = counts.tolist()
+        figures["val_f1"] = (2 * true_positives / (predicted_positives + positives)
+                             if predicted_positives + positives else 0.0)
+    return figures

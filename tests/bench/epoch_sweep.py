@@ -4,14 +4,15 @@
     python tests/bench/epoch_sweep.py --recipes "epochs=3,batch-size=32,learning-rate=1e-4" --seeds 42,1,2,3
     python tests/bench/epoch_sweep.py --recipes "epochs=3;epochs=4,learning-rate=2e-5"   # several, `;` between
 
-The data, split and tokens are the default ReviewFlow run's (`--data`, default sample:amazon, read and split with
-the flow's seed 42 whatever the training seed: the test rows stay the same); each recipe is the default training
-settings with the given ones changed (any setting of the `training` group). Every (recipe, training seed) trains
-once with the engine (steps/training/loop.py, no early stopping) and scores the test rows after every epoch with
-PyTorch in fp32, then says which epoch each --best-epoch-by rule would have kept. One JSON line per run on stdout:
-recipe, seed, per-epoch val_loss / val_accuracy / val_f1 / test_accuracy / test_f1, and for "f1" and "loss" the
-kept epoch and its test figures. Not part of the test suite: a run of the default recipe takes about a minute per
-seed on a 2-core CPU.
+The data, split and tokens are the default ReviewFlow run's (`--data`, default sample:amazon, read, validated
+(quarantine applied) and split with the flow's seed 42 whatever the training seed: the test rows stay the same);
+each recipe is the default training settings with the given ones changed (settings of the `training` group). Every
+(recipe, training seed) trains once with the engine (steps/training/loop.py, no early stopping) and scores the test
+rows after every epoch (inside the engine's after-epoch hook, so with its last-layer shortcut on: the same logits
+to rounding) with PyTorch as the evaluate step's predict_proba does (fp32 on a CPU, bf16 autocast on a GPU), then
+says which epoch each --best-epoch-by rule keeps. One JSON line per run on stdout: recipe, seed, per-epoch val_loss
+/ val_accuracy / val_f1 / test_accuracy / test_f1, and for "f1" and "loss" the kept epoch with its figures. Not part
+of the test suite: a run of the default recipe takes about a minute per seed on a 2-core CPU.
 """
 from __future__ import annotations
 
@@ -30,18 +31,24 @@ SPLIT_SEED = 42  # ReviewFlow's default --seed: the split every recipe is scored
 
 def parse_recipe(text: str) -> dict:
     """"epochs=3,learning-rate=1e-4" -> {"epochs": 3, "learning-rate": 0.0001}: CompareFlow's candidate syntax,
-    parsed and checked by the same code (steps/evaluation/compare.py)."""
-    from steps.evaluation.compare import check_candidates, parse_candidates
+    parsed and checked by the same code (steps/evaluation/compare.py); only settings of the `training` group (the
+    tokens are made once, at the default max length)."""
+    from steps import settings
+    from steps.evaluation.compare import parse_candidates
 
-    candidates = parse_candidates(f"minilm[{text}]" if text.strip() else "minilm")
-    check_candidates(candidates)
-    return candidates[0].overrides
+    overrides = parse_candidates(f"minilm[{text}]" if text.strip() else "minilm")[0].overrides
+    training = {s.name for s in settings.in_groups("training")}
+    others = sorted(set(overrides) - training)
+    if others:
+        raise SystemExit(f"--recipes: {', '.join(others)} is not a training setting; this sweep tokenizes once, "
+                         f"at --max-length {settings.default('max-length')}")
+    return overrides
 
 
-def kept(history: list[dict], rule: str) -> dict:
-    """The epoch the engine keeps under --best-epoch-by `rule` (its Trainer.score, lower is better)."""
+def kept(history: list[dict], rule: str) -> int:
+    """The epoch the engine keeps under --best-epoch-by `rule`, from the unrounded history (Trainer.score's order)."""
     key = (lambda h: (-h["val_f1"], h["val_loss"])) if rule == "f1" else (lambda h: (h["val_loss"],))
-    return min(history, key=key)
+    return min(history, key=key)["epoch"]
 
 
 def main() -> None:
@@ -58,6 +65,7 @@ def main() -> None:
     from steps import settings
     from steps.data.ingest import load_reviews
     from steps.data.split import split_reviews
+    from steps.data.validate import validate_reviews
     from steps.evaluation.evaluate import predict_proba
     from steps.training.config import TrainConfig
     from steps.training.device import seed_everything
@@ -66,8 +74,12 @@ def main() -> None:
     from steps.training.tokenize import tokenize_split
 
     model_name, max_length = settings.default("model"), settings.default("max-length")
-    parts = split_reviews(load_reviews(args.data, seed=SPLIT_SEED).frame, seed=SPLIT_SEED)
-    with contextlib.redirect_stdout(sys.stderr):  # its closing line; stdout has only the JSON lines
+    with contextlib.redirect_stdout(sys.stderr):  # fetch, validation and tokenize lines; stdout: only JSON lines
+        ingested = load_reviews(args.data, seed=SPLIT_SEED)
+        # the rows the validate step keeps (quarantine applied), split as ReviewFlow splits them
+        clean = validate_reviews(ingested.frame, settings.default("max-bad-fraction"), ingested.origin,
+                                 ingested.rejected).clean
+        parts = split_reviews(clean, seed=SPLIT_SEED)
         tokens = tokenize_split(parts.frames(), load_tokenizer(model_name), max_length, "quiet")
     test_labels = parts.test[LABEL_COLUMN].to_numpy().astype(int)
 
@@ -92,7 +104,7 @@ def main() -> None:
             history = [{"epoch": h["epoch"], **{k: round(h[k], 4) for k in ("val_loss", "val_accuracy", "val_f1")},
                         **scores[h["epoch"]]} for h in result.history]
             print(json.dumps({"recipe": recipe or "default", "seed": seed, "epochs": history,
-                              **{f"kept_by_{rule}": kept(history, rule) for rule in ("f1", "loss")},
+                              **{f"kept_by_{rule}": history[kept(result.history, rule) - 1] for rule in ("f1", "loss")},
                               "seconds": round(time.perf_counter() - started, 1)}), flush=True)
 
 

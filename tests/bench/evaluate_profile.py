@@ -4,13 +4,13 @@
     python tests/bench/evaluate_profile.py <kept folder> [--top 40]
 
 Reads the newest successful ReviewFlow run of that folder that trained (its local Metaflow datastore and SQLite
-MLflow store), then repeats what the evaluate step does with that run's artifacts, under cProfile: a nested MLflow
-run under the flow's run, the TF-IDF baseline, logging the served model (ONNX export, int8 quantization, the parity
-check of every backend on the test rows, mlflow.pyfunc.log_model) and scoring the test rows through it, and the
-explanations. The served model is logged under a new `trained_by` and judged against a registered model name
-nobody uses, so nothing of the run is reused and no champion is scored. Prints seconds per phase (wall time,
-cProfile's own cost included), then cProfile's top functions by cumulative time. Imports count where they happen,
-as in the step's process.
+MLflow store), then repeats what the evaluate step does with that run's artifacts, under cProfile: an MLflow run
+of its own (experiment `reviewflow-evaluate-profile`, so the flow's runs stay as they were) with a nested step
+run, the TF-IDF baseline, logging the served model (ONNX export, int8 quantization, the parity check of every
+backend on the test rows, mlflow.pyfunc.log_model) and scoring the test rows through it, and the explanations.
+The served model is logged under a new `trained_by` and judged against a registered model name nobody uses, so
+no champion is scored. Prints seconds per phase (wall time, cProfile's own cost included), then cProfile's top
+functions by cumulative time. Imports count where they happen, as in the step's process.
 """
 from __future__ import annotations
 
@@ -56,12 +56,17 @@ def main() -> None:
     from steps.evaluation.explain import explain_test_reviews
     from steps.runtime import tracking
 
-    with tracking.step_run(uri, data.mlflow_run_id, "evaluate-profile", "ReviewFlow/profile/evaluate/0") as run:
+    # A parent run of its own (experiment "reviewflow-evaluate-profile"): the kept flow run's MLflow run, its status
+    # and its gate tag stay as the flow left them.
+    run_id = str(int(time.time()))
+    parent = tracking.start_flow_run(uri, "EvaluateProfile", run_id, {"profiled_run": data.mlflow_run_id},
+                                     experiment="reviewflow-evaluate-profile")
+    with tracking.step_run(uri, parent, "evaluate", f"EvaluateProfile/{run_id}/evaluate/0") as run:
         marks.append(("imports + MLflow step run", time.perf_counter()))
         baseline = evaluate_baseline(run, data.train_rows, data.test_rows, data.seed)
         marks.append(("TF-IDF baseline", time.perf_counter()))
         evaluation, _, _ = evaluate_served_model(
-            run, data.mlflow_run_id, data.classifier, data.tokens["test"], data.test_rows, data.history,
+            run, parent, data.classifier, data.tokens["test"], data.test_rows, data.history,
             "reviewflow-evaluate-profile", max_length=data.max_length, trained_by=f"evaluate-profile-{time.time()}",
             gate_settings={}, serving_backend="auto", cuda_precision="fp32", baseline_f1=baseline.metrics["f1"])
         marks.append(("served model: export, parity, log, score", time.perf_counter()))
@@ -69,6 +74,7 @@ def main() -> None:
                              evaluation.confident_errors, data.max_length, data.explain_steps, data.seed)
         marks.append(("explanations", time.perf_counter()))
     profile.disable()
+    tracking.finish_flow_run(uri, parent)
     for (_, before), (name, after) in zip(marks, marks[1:]):
         print(f"{name:45s} {after - before:7.2f} s")
     print(f"{'in all':45s} {marks[-1][1] - marks[0][1]:7.2f} s\n")

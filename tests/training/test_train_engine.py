@@ -94,6 +94,35 @@ def test_validation_f1_is_the_positive_class_f1(tiny_model_dir, tiny_tokens):
     assert figures["val_accuracy"] == pytest.approx(accuracy_score(validation.labels, predicted), abs=1e-12)
 
 
+def test_best_epoch_score_ranks_a_nan_loss_last_and_falls_back_to_loss_without_a_positive_class(tiny_model_dir,
+                                                                                                  tiny_tokens):
+    """The ranking itself: F1 first, the lower loss on a tie, a NaN loss worst; a model with three labels has no
+    positive class to score, so its epochs are ranked (and its card labelled) by the loss alone."""
+    from steps.training.loop import Trainer
+
+    trainer = Trainer(fresh_model(tiny_model_dir), tiny_tokens["train"], tiny_tokens["validation"],
+                      TrainConfig(epochs=1, batch_size=16, seed=0), log=quiet)
+    score = trainer.score
+    assert score({"epoch": 2, "val_loss": 0.5, "val_f1": 0.9}) < score({"epoch": 1, "val_loss": 0.3, "val_f1": 0.8})
+    assert score({"epoch": 2, "val_loss": 0.3, "val_f1": 0.8}) < score({"epoch": 1, "val_loss": 0.4, "val_f1": 0.8})
+    assert score({"epoch": 2, "val_loss": 9.0, "val_f1": 0.8}) < score({"epoch": 1, "val_loss": float("nan"),
+                                                                        "val_f1": 0.8})
+    assert trainer.selection == "validation F1, then loss"
+
+    from transformers import AutoModelForSequenceClassification
+
+    seed_everything(0)
+    three = AutoModelForSequenceClassification.from_pretrained(str(tiny_model_dir), num_labels=3,
+                                                               ignore_mismatched_sizes=True)
+    assert three.config.num_labels == 3
+    figures = evaluate_loss(three, tiny_tokens["validation"], 8, torch.device("cpu"))
+    assert "val_f1" not in figures and {"val_loss", "val_accuracy"} <= set(figures)
+    trainer = Trainer(three, tiny_tokens["train"], tiny_tokens["validation"],
+                      TrainConfig(epochs=1, batch_size=16, seed=0), log=quiet)
+    assert trainer.selection == "validation loss"
+    assert trainer.score({"epoch": 1, **figures}) == [figures["val_loss"]]
+
+
 def test_early_stopping_after_patience_epochs_without_improvement(tiny_model_dir, tiny_tokens):
     """Validation labels are flipped: the better the model learns the training labels, the worse val_loss gets."""
     flipped = tiny_tokens["validation"].subset(np.arange(len(tiny_tokens["validation"])))
