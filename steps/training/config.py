@@ -71,6 +71,7 @@ class TrainResult:
     trainable_parameters: int = 0
     attention: str = ""
     compiled: bool = False
+    selection: str = ""  # what picked the best epoch, in words (Trainer.selection)
 
     def summary(self) -> dict:
         best = self.history[self.best_epoch - 1] if self.history and self.best_epoch else {}

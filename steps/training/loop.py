@@ -306,16 +306,7 @@ class Trainer:
         return "validation F1, then loss" if self.config.best_epoch_by == "f1" and binary else "validation loss"
 
     def score(self, metrics: dict) -> list:
-        """An epoch's score, lower is better, compared as a list: --best-epoch-by f1 ranks by validation F1 and
-        breaks ties with the lower loss (on a few hundred validation rows two epochs often tie on F1); loss ranks
-        by validation loss alone, and so does f1 for a model with more than two labels (no positive class to score).
-        Without validation rows the last epoch is the best."""
-        if "val_loss" not in metrics:
-            return [-metrics["epoch"]]
-        loss = metrics["val_loss"] if math.isfinite(metrics["val_loss"]) else math.inf  # a NaN loss ranks last
-        if self.config.best_epoch_by == "f1" and "val_f1" in metrics:
-            return [-metrics["val_f1"], loss]
-        return [loss]
+        return epoch_score(metrics, self.config.best_epoch_by)
 
     # --- checkpoints -----------------------------------------------------------------------------------------
     def resume_key(self) -> dict:
@@ -398,11 +389,25 @@ class Trainer:
             oom_events=s.oom_events, step_history=s.step_history.as_dict(), resumed_from_epoch=s.resumed_from_epoch,
             resumed_at_step=s.resumed_at_step, stopped_early=s.stopped_early, class_weights=self.class_weights,
             trainable_parameters=sum(p.numel() for p in self.trainable), attention=self.attention,
-            compiled=self.compiled)
+            compiled=self.compiled, selection=self.selection)
+
+
+def epoch_score(metrics: dict, best_epoch_by: str) -> list:
+    """An epoch's score (its history entry), lower is better, compared as a list: "f1" ranks by validation F1 and
+    breaks ties with the lower loss (on a few hundred validation rows two epochs often tie on F1); "loss" ranks by
+    validation loss alone, and so does "f1" for a model with more than two labels (no val_f1: no positive class to
+    score). A NaN loss ranks last. Without validation rows the last epoch is the best."""
+    if "val_loss" not in metrics:
+        return [-metrics["epoch"]]
+    loss = metrics["val_loss"] if math.isfinite(metrics["val_loss"]) else math.inf
+    if best_epoch_by == "f1" and "val_f1" in metrics:
+        return [-metrics["val_f1"], loss]
+    return [loss]
 
 
 def evaluate_loss(model, tokens, batch_size: int, device, dtype=None, class_weights=None) -> dict:
-    """Mean cross-entropy (class-weighted when weights are given) and accuracy of `model` on `tokens`.
+    """Mean cross-entropy (class-weighted when weights are given), accuracy and, for two labels, the positive
+    class's F1 of `model` on `tokens`.
 
     On CUDA out-of-memory the evaluation starts over with half the batch.
     """

@@ -46,9 +46,10 @@ def parse_recipe(text: str) -> dict:
 
 
 def kept(history: list[dict], rule: str) -> int:
-    """The epoch the engine keeps under --best-epoch-by `rule`, from the unrounded history (Trainer.score's order)."""
-    key = (lambda h: (-h["val_f1"], h["val_loss"])) if rule == "f1" else (lambda h: (h["val_loss"],))
-    return min(history, key=key)["epoch"]
+    """The epoch the engine keeps under --best-epoch-by `rule`, from the unrounded history."""
+    from steps.training.loop import epoch_score
+
+    return min(history, key=lambda h: epoch_score(h, rule))["epoch"]
 
 
 def main() -> None:
@@ -59,14 +60,13 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
-    from sklearn.metrics import accuracy_score, f1_score
-
     from schemas import LABEL_COLUMN
     from steps import settings
     from steps.data.ingest import load_reviews
     from steps.data.split import split_reviews
     from steps.data.validate import validate_reviews
     from steps.evaluation.evaluate import predict_proba
+    from steps.evaluation.metrics import classification_metrics
     from steps.training.config import TrainConfig
     from steps.training.device import seed_everything
     from steps.training.loop import train_classifier
@@ -84,9 +84,8 @@ def main() -> None:
     test_labels = parts.test[LABEL_COLUMN].to_numpy().astype(int)
 
     def test_figures(model) -> dict:
-        predicted = (predict_proba(model, tokens["test"]) >= 0.5).astype(int)
-        return {"test_accuracy": round(accuracy_score(test_labels, predicted), 4),
-                "test_f1": round(f1_score(test_labels, predicted), 4)}
+        figures = classification_metrics(test_labels, predict_proba(model, tokens["test"]))
+        return {"test_accuracy": round(figures["accuracy"], 4), "test_f1": round(figures["f1"], 4)}
 
     for recipe in args.recipes.split(";"):
         changed = parse_recipe(recipe)

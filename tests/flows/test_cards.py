@@ -70,6 +70,11 @@ def test_the_train_card_shows_resumed_epochs_oom_backoffs_and_the_curves(tiny_mo
     assert text.startswith("# Training: 2 of 2 epoch(s) on cpu (fp32)")
     assert f"**Resumed**: epoch 1 ({result.resumed_at_step} steps) came from the checkpoint" in text
     assert "this attempt trained epoch 2" in text
+    best = result.history[result.best_epoch - 1]
+    assert (f"best epoch **{result.best_epoch}** by validation F1, then loss (F1 {best['val_f1']:.4f}, loss "
+            f"{best['val_loss']:.4f}" in text)
+    assert "validation F1" in [c for c in components if c["type"] == "table" and "training loss" in c["columns"]][0][
+        "columns"]
     assert "## Out-of-memory back-offs: 1" in text
     oom = [c for c in components if c["type"] == "table" and "micro-batch before" in c["columns"]]
     assert oom[0]["data"] == [[1, 3, 16, 8]]

@@ -11,12 +11,11 @@ def training_card(result, config, plots: dict) -> list:
     s = result.summary()
     parts = [Markdown(f"# Training: {s['epochs_run']} of {config.epochs} epoch(s) on {result.device} "
                       f"({result.precision})")]
-    by = "validation F1, then loss" if config.best_epoch_by == "f1" and "best_val_f1" in s else "validation loss"
     figures = ", ".join(f"{name} {s[key]:.4f}" for name, key in (("F1", "best_val_f1"), ("loss", "best_val_loss"),
                                                                   ("accuracy", "best_val_accuracy")) if key in s)
-    best = (f"best epoch **{s['best_epoch']}**" + (f" by {by} ({figures})" if "best_val_loss" in s else "")
-            + ", its weights kept")
-    stop = f"stopped early (no better {by})" if result.stopped_early else "ran all epochs"
+    best = (f"best epoch **{s['best_epoch']}**" + (f" by {result.selection} ({figures})" if "best_val_loss" in s
+                                                   else "") + ", its weights kept")
+    stop = f"stopped early (no better {result.selection})" if result.stopped_early else "ran all epochs"
     parts.append(Markdown(
         f"{best}; {stop}. {s['steps']} optimizer steps in {s['train_seconds']:.0f} s of training: "
         f"**{s['samples_per_s']:.1f} samples/s**, {s['real_tokens_per_s']:,.0f} real tokens/s, "
