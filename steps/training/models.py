@@ -147,17 +147,45 @@ def _from_pretrained(loader, model: str, **kwargs):
 
 def position_limit(model: str) -> int:
     """The most tokens per review `model` can take: its position embeddings (less the offset models like RoBERTa
-    reserve), and at most what its tokenizer declares."""
+    reserve), and at most what its tokenizer declares.
+
+    A local directory (the packaged encoders, a save_pretrained folder) is read from its config.json and
+    tokenizer_config.json, the files transformers reads for these figures: the start step checks --max-length
+    without importing transformers (~2 s per process). A Hub id goes through transformers, which downloads them."""
+    source = resolve(model)
+    if Path(source).is_dir():
+        config = _json_file(Path(source) / "config.json")
+        declared = _json_file(Path(source) / "tokenizer_config.json").get("model_max_length")
+        return _limit(config.get("max_position_embeddings"), config.get("model_type"), config.get("pad_token_id"),
+                      declared)
     from transformers import AutoConfig
 
     config = _from_pretrained(AutoConfig.from_pretrained, model)
-    limit = int(getattr(config, "max_position_embeddings", 0) or 0)
-    if limit and getattr(config, "model_type", "") in POSITION_OFFSET_MODELS:
-        limit -= int(config.pad_token_id or 0) + 1
-    declared = int(getattr(load_tokenizer(model), "model_max_length", 0) or 0)
+    return _limit(getattr(config, "max_position_embeddings", 0), getattr(config, "model_type", ""),
+                  config.pad_token_id, getattr(load_tokenizer(model), "model_max_length", 0))
+
+
+def _limit(positions, model_type, pad_token_id, declared) -> int:
+    limit = int(positions or 0)
+    if limit and model_type in POSITION_OFFSET_MODELS:
+        limit -= int(pad_token_id or 0) + 1
+    declared = int(declared or 0) if isinstance(declared, (int, float)) else 0
     if 0 < declared < 1_000_000:  # tokenizers without a limit declare a huge sentinel
         limit = min(limit, declared) if limit else declared
     return limit or 512
+
+
+def _json_file(path: Path) -> dict:
+    import json
+
+    if not path.exists():
+        return {}
+    try:
+        loaded = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise ReviewflowError(f"--model: cannot read {path}: {err}; save the model again with save_pretrained()") \
+            from None
+    return loaded if isinstance(loaded, dict) else {}
 
 
 def check_max_length(model: str, max_length: int) -> None:
