@@ -14,7 +14,9 @@ start and imports count to the step), the seconds inside the training epochs (th
 "epoch i/n: ... (x s)" lines of the run's log), the test metrics and the ingested rows.
 
 Each run prints one JSON line: route ("train"), wall_s, training_s, overhead_s (= wall_s - training_s), steps
-({step: seconds}), outside_steps_s (wall_s minus the steps' seconds: Metaflow's launcher, code package, scheduling),
+({step: seconds}), outside_steps_s (wall_s minus the steps' seconds: the launcher and code package, and after each
+step's code what Metaflow does before the next process starts: the final card renders of the steps with a card, two
+`card create` subprocesses each, and the process's exit),
 train_pass_s (train_summary train_seconds: the optimizer passes only), accuracy and f1 (the evaluate step's
 test_metrics), rows (ingested), cpu (lscpu model name), cpus, load_avg (1-minute load average when the run ended),
 run (Metaflow pathspec) and repeat. A table goes to stderr.
@@ -26,6 +28,13 @@ again, e.g. because the first model did not pass the gate and so is no champion)
 times, each in a new folder. `--keep` keeps the folders (their paths go to stderr, and into the JSON as
 "workdir"); a failed run's folder is always kept, with the flow's output in flow-<n>.log. stdout has only the JSON
 lines; the flow's own output goes to stderr as well unless --json.
+
+Two views of the fixed cost (what stands between the default run and a small overhead):
+`--imports` runs the flow with PYTHONPROFILEIMPORTTIME=1 (Python's -X importtime, inherited by every step process)
+and adds "imports_s" (seconds of top-level imports per step process) and "imports_top" (the five costliest per
+step) from the flow log; the instrumentation slows the run itself by a few percent, so take the other figures from
+a run without it. `--floor` also runs, in the same folder, an empty flow with the same nine steps (each step only
+calls self.next) and adds "empty_flow_s": Metaflow's own cost of nine step processes on this machine.
 """
 from __future__ import annotations
 
@@ -50,6 +59,8 @@ runpy.run_path(str(ROOT / "flows" / "flowkit" / "__init__.py"))  # puts the libr
 FLOW_FILE = ROOT / "flows" / "review_flow.py"
 FLOW_NAME = "ReviewFlow"
 BENCH_USER = "reviewflow-bench"
+IMPORT_LINE = re.compile(r"\[[^/\]]+/(\w+)/\d+[^\]]*\] import time:\s*\d+ \|\s*(\d+) \| (\S.*)$")
+STEP_NAMES = ("start", "ingest", "validate", "split", "tokenize", "train", "evaluate", "register", "end")
 JSON_KEYS = ("route", "wall_s", "training_s", "overhead_s", "steps", "outside_steps_s", "train_pass_s", "accuracy",
              "f1", "rows", "cpu", "cpus", "load_avg", "run", "repeat")
 EPOCH_LINE = re.compile(r"epoch (\d+)/\d+: .*\((\d+(?:\.\d+)?) s\)")  # steps/training/loop.py end_epoch
@@ -70,6 +81,10 @@ def parse_args(argv=None):
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds one flow command may take")
     parser.add_argument("--json", action="store_true",
                         help="JSON lines on stdout, only the tables on stderr (without: the flow's output too)")
+    parser.add_argument("--imports", action="store_true",
+                        help="profile each step process's imports (PYTHONPROFILEIMPORTTIME=1): imports_s, imports_top")
+    parser.add_argument("--floor", action="store_true",
+                        help="also time an empty flow with the same nine steps (empty_flow_s)")
     parser.add_argument("--read-run", nargs=2, metavar=("WORKDIR", "RUN_ID"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.repeat < 1:
@@ -156,15 +171,16 @@ def copy_output(pipe, out, echo: bool) -> None:
 
 
 def run_flow(workdir: Path, flow_args: list[str], number: int, timeout: float,
-             echo: bool) -> tuple[int, float, str, Path]:
+             echo: bool, flow_file: Path = FLOW_FILE, extra_env: dict | None = None) -> tuple[int, float, str, Path]:
     """Run the flow once in `workdir`; returns (exit status, wall seconds, run id or "", log file)."""
     run_id_file = workdir / f"run-id-{number}"
     log_file = workdir / f"flow-{number}.log"
-    command = [sys.executable, str(FLOW_FILE), "run", "--run-id-file", str(run_id_file), *flow_args]
+    command = [sys.executable, str(flow_file), "run", "--run-id-file", str(run_id_file), *flow_args]
     log(f"$ (cd {workdir} && python {' '.join(command[1:])})")
     with open(log_file, "w") as out:
         started = time.perf_counter()
-        process = subprocess.Popen(command, cwd=workdir, env=flow_env(workdir), stdout=subprocess.PIPE,
+        process = subprocess.Popen(command, cwd=workdir, env={**flow_env(workdir), **(extra_env or {})},
+                                   stdout=subprocess.PIPE,
                                    stderr=subprocess.STDOUT, text=True, errors="replace",
                                    start_new_session=True)  # its own group: a timeout ends the step processes too
         copier = threading.Thread(target=copy_output, args=(process.stdout, out, echo), daemon=True)
@@ -203,8 +219,53 @@ def epoch_seconds_from_log(log_file: Path) -> list[float]:
     return list(by_epoch.values())
 
 
+def import_seconds(log_file: Path, top: int = 5) -> tuple[dict, dict]:
+    """From a flow log written under PYTHONPROFILEIMPORTTIME=1: ({step: seconds of its top-level imports},
+    {step: [[module, seconds], ...] the `top` costliest}). A retried step's attempts add up."""
+    totals, modules = {}, {}
+    for line in log_file.read_text(errors="replace").splitlines():
+        match = IMPORT_LINE.search(line)
+        if match is None or match.group(3).startswith(" "):
+            continue  # not an import line, or a nested import (counted in its top-level parent's cumulative time)
+        step, micros, module = match.group(1), int(match.group(2)), match.group(3).strip()
+        totals[step] = totals.get(step, 0) + micros
+        modules.setdefault(step, []).append((micros, module))
+    seconds = {step: round(micros / 1e6, 2) for step, micros in totals.items()}
+    costliest = {step: [[module, round(micros / 1e6, 2)] for micros, module in sorted(found, reverse=True)[:top]]
+                 for step, found in modules.items()}
+    return seconds, costliest
+
+
+EMPTY_FLOW = """from metaflow import FlowSpec, step
+
+
+class EmptyFlow(FlowSpec):
+{steps}
+
+if __name__ == "__main__":
+    EmptyFlow()
+"""
+
+
+def empty_flow_seconds(workdir: Path, args) -> float | None:
+    """Wall seconds of a flow with ReviewFlow's nine steps that do nothing (same environment and datastore)."""
+    steps = []
+    for name, following in zip(STEP_NAMES, STEP_NAMES[1:] + (None,)):
+        body = f"self.next(self.{following})" if following else "pass"
+        steps.append(f"    @step\n    def {name}(self):\n        {body}\n")
+    flow_file = workdir / "empty_flow.py"
+    flow_file.write_text(EMPTY_FLOW.format(steps="\n".join(steps)))
+    status, wall, _, log_file = run_flow(workdir, [], 0, args.timeout, not args.json, flow_file=flow_file)
+    if status != 0:
+        log(f"the empty flow failed (exit {status}); its output: {log_file}")
+        return None
+    return round(wall, 2)
+
+
 def measure(workdir: Path, flow_args: list[str], number: int, args, expected_route: str) -> dict | None:
-    status, wall, run_id, log_file = run_flow(workdir, flow_args, number, args.timeout, not args.json)
+    extra_env = {"PYTHONPROFILEIMPORTTIME": "1"} if args.imports else None
+    status, wall, run_id, log_file = run_flow(workdir, flow_args, number, args.timeout, not args.json,
+                                              extra_env=extra_env)
     load_avg = round(os.getloadavg()[0], 2)
     if status != 0 or not run_id:
         tail = log_file.read_text(errors="replace").splitlines()[-40:]
@@ -229,6 +290,10 @@ def measure(workdir: Path, flow_args: list[str], number: int, args, expected_rou
             "rows": info.get("rows"), "cpu": args.cpu, "cpus": os.cpu_count(), "load_avg": load_avg,
             "run": info["pathspec"], "repeat": args.round}
     line = {k: line[k] for k in JSON_KEYS}
+    if args.imports:
+        line["imports_s"], line["imports_top"] = import_seconds(log_file)
+    if args.floor:
+        line["empty_flow_s"] = empty_flow_seconds(workdir, args)
     if args.keep:
         line["workdir"] = str(workdir)
     return line
@@ -241,15 +306,22 @@ def print_table(line: dict) -> None:
         return f"{100 * seconds / wall:5.1f}%" if wall else ""
 
     rows = [(f"step {name}", seconds) for name, seconds in line["steps"].items()]
-    rows.append(("outside steps (launcher, package)", line["outside_steps_s"]))
+    rows.append(("outside steps (launcher, cards, exits)", line["outside_steps_s"]))
     if line["training_s"]:
         rows.append(("inside training epochs", line["training_s"]))
         rows.append(("everything but training epochs", line["overhead_s"]))
     log(f"{line['run']} (route {line['route']}, repeat {line['repeat']}): wall {wall:.1f} s, {line['rows']} rows, "
         f"accuracy {line['accuracy']}, f1 {line['f1']}; {line['cpu']}, {line['cpus']} CPUs, load {line['load_avg']}")
     width = max(len(name) for name, _ in rows)
+    imports = line.get("imports_s") or {}
     for name, seconds in rows:
-        log(f"  {name:<{width}}  {seconds:8.2f} s  {share(seconds)}")
+        step = name[len("step "):] if name.startswith("step ") else None
+        extra = f"  imports {imports[step]:6.2f} s" if step in imports else ""
+        log(f"  {name:<{width}}  {seconds:8.2f} s  {share(seconds)}{extra}")
+    if imports:
+        log(f"  imports in all step processes: {sum(imports.values()):.2f} s")
+    if line.get("empty_flow_s") is not None:
+        log(f"  an empty flow with the same nine steps: {line['empty_flow_s']:.2f} s")
 
 
 def main(argv=None) -> int:
