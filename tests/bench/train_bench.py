@@ -27,6 +27,11 @@ only (model loading, tokenization and scoring excluded). More diagnostics go to 
 CPU (default): the packaged MiniLM-L6. `--device cuda`: a DistilBERT-sized encoder (6 layers, dim 768, 12 heads)
 with random weights (config only, nothing downloaded), MFU against the GPU's bf16 peak (`--peak-tflops` where
 the GPU is not in the table).
+
+`--profile-steps N` runs torch.profiler over N of reviewflow's optimizer steps (after 10 warm-up steps) and prints,
+on stderr, a `PROFILE {...}` line: the share of the profiled CPU time per kind of operation (matrix multiplies,
+fused attention, optimizer, layer norm, dropout, ...) and the costliest operations. The profiler slows the run, so
+take the speed figures from a run without it.
 """
 from __future__ import annotations
 
@@ -68,6 +73,8 @@ def parse_args(argv=None):
     parser.add_argument("--contenders", default=",".join(CONTENDERS))
     parser.add_argument("--rows", type=int, default=0, help="use only the first N rows (quick checks)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--profile-steps", type=int, default=0,
+                        help="profile this many of reviewflow's optimizer steps (after 10 warm-up steps): PROFILE line")
     parser.add_argument("--peak-tflops", type=float, default=0.0,
                         help="the device's peak (fp32 on CPU, bf16 on CUDA) in TFLOP/s, when it cannot be derived")
     parser.add_argument("--repeat", type=int, default=1,
@@ -187,12 +194,59 @@ def run_reviewflow(model, tokenizer, train, args):
     tokens = encode(train["reviewText"].tolist(), train["isPositive"].to_numpy(), tokenizer, args.max_length)
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr, seed=args.seed,
                          device=args.device, compile=args.compile, precision=args.resolved_precision)
+    profiler = StepProfiler(args.profile_steps) if args.profile_steps else None
     started = time.perf_counter()
     result = train_classifier(model, tokens, None, config, log=lambda m: print(m, file=sys.stderr),
-                              progress="quiet")
+                              progress="quiet", on_step=profiler.on_step if profiler else None)
     synchronize(args)
+    if profiler:
+        print("PROFILE " + json.dumps(profiler.summary()), file=sys.stderr, flush=True)
     return time.perf_counter() - started, {"padding_share": round(result.padding_share, 4),
                                            "precision": result.precision}
+
+
+# Kinds of operation, by the first pattern found in an operator's name (torch.profiler's CPU op names).
+OP_KINDS = (("matrix multiply", ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "mkldnn", "onednn")),
+            ("fused attention", ("scaled_dot_product", "flash_attention")),
+            ("optimizer", ("adam",)),
+            ("layer norm", ("layer_norm",)),
+            ("gradient clipping", ("vector_norm", "_foreach_norm", "clamp", "_foreach_mul")),
+            ("dropout", ("dropout", "bernoulli")),
+            ("softmax / loss", ("softmax", "nll_loss", "cross_entropy")),
+            ("GELU", ("gelu",)),
+            ("zero-fill", ("zero_", "fill_")),
+            ("copies and casts", ("copy_", "_to_copy", "aten::to", "contiguous", "clone")),
+            ("embedding", ("embedding", "index_select", "index_add", "index_put")))
+
+
+class StepProfiler:
+    """torch.profiler over `steps` optimizer steps after `warmup` steps (reviewflow's on_step callback)."""
+
+    def __init__(self, steps: int, warmup: int = 10):
+        self.first, self.last, self.profile = warmup, warmup + steps, None
+
+    def on_step(self, step: int, metrics: dict) -> None:
+        from torch.profiler import ProfilerActivity, profile
+
+        if step == self.first and self.profile is None:
+            self.profile = profile(activities=[ProfilerActivity.CPU])
+            self.profile.start()
+        elif step == self.last and self.profile is not None:
+            self.profile.stop()
+
+    def summary(self, top: int = 12) -> dict:
+        if self.profile is None:
+            return {"note": f"training ended before step {self.first}: nothing profiled"}
+        events = [(e.key, e.self_cpu_time_total) for e in self.profile.key_averages()]
+        total = sum(us for _, us in events) or 1.0
+        kinds = {}
+        for name, us in events:
+            kind = next((k for k, patterns in OP_KINDS if any(p in name for p in patterns)), "other")
+            kinds[kind] = kinds.get(kind, 0.0) + us
+        costliest = sorted(events, key=lambda e: -e[1])[:top]
+        return {"steps": self.last - self.first, "cpu_ms_per_step": round(total / 1e3 / (self.last - self.first), 1),
+                "share_by_kind": {k: round(us / total, 3) for k, us in sorted(kinds.items(), key=lambda kv: -kv[1])},
+                "costliest": [[name, round(us / total, 3)] for name, us in costliest]}
 
 
 def run_hf_trainer(model, tokenizer, train, args):
@@ -345,7 +399,7 @@ def main(argv=None) -> int:
                 return done.returncode
             if args.json and done.stderr:  # keep the diagnostics, drop the libraries' chatter
                 for row in done.stderr.splitlines():
-                    if row.startswith("DIAGNOSTICS "):
+                    if row.startswith(("DIAGNOSTICS ", "PROFILE ")):
                         print(row, file=sys.stderr, flush=True)
             line = json.loads(done.stdout.strip().splitlines()[-1])
             if args.repeat > 1:
