@@ -149,43 +149,60 @@ def position_limit(model: str) -> int:
     """The most tokens per review `model` can take: its position embeddings (less the offset models like RoBERTa
     reserve), and at most what its tokenizer declares.
 
-    A local directory (the packaged encoders, a save_pretrained folder) is read from its config.json and
-    tokenizer_config.json, the files transformers reads for these figures: the start step checks --max-length
-    without importing transformers (~2 s per process). A Hub id goes through transformers, which downloads them."""
-    source = resolve(model)
-    if Path(source).is_dir():
-        config = _json_file(Path(source) / "config.json")
-        declared = _json_file(Path(source) / "tokenizer_config.json").get("model_max_length")
-        return _limit(config.get("max_position_embeddings"), config.get("model_type"), config.get("pad_token_id"),
-                      declared)
+    A local BERT-family directory (the packaged encoders, their save_pretrained folders) whose config.json and
+    tokenizer_config.json state both figures is read directly (`_stated_limit`): the start step then checks
+    --max-length without importing transformers (~2 s per process). Anything else, Hub ids included, goes through
+    transformers, which also fills in class defaults and reports a broken model here, before any data is read."""
+    stated = _stated_limit(resolve(model))
+    if stated is not None:
+        return stated
     from transformers import AutoConfig
 
     config = _from_pretrained(AutoConfig.from_pretrained, model)
-    return _limit(getattr(config, "max_position_embeddings", 0), getattr(config, "model_type", ""),
-                  config.pad_token_id, getattr(load_tokenizer(model), "model_max_length", 0))
+    limit = int(getattr(config, "max_position_embeddings", 0) or 0)
+    if limit and getattr(config, "model_type", "") in POSITION_OFFSET_MODELS:
+        limit -= int(config.pad_token_id or 0) + 1
+    return _with_declared(limit, getattr(load_tokenizer(model), "model_max_length", 0))
 
 
-def _limit(positions, model_type, pad_token_id, declared) -> int:
-    limit = int(positions or 0)
-    if limit and model_type in POSITION_OFFSET_MODELS:
-        limit -= int(pad_token_id or 0) + 1
-    declared = int(declared or 0) if isinstance(declared, (int, float)) else 0
-    if 0 < declared < 1_000_000:  # tokenizers without a limit declare a huge sentinel
-        limit = min(limit, declared) if limit else declared
-    return limit or 512
+# Model types whose position limit is config.json's max_position_embeddings, with no offset and no alias field
+STATED_LIMIT_TYPES = {"bert", "distilbert", "mpnet"}
 
 
-def _json_file(path: Path) -> dict:
+def _stated_limit(source: str) -> int | None:
+    """The limit of a local model directory read from its files, or None when they leave any doubt (then
+    transformers decides): a model type outside STATED_LIMIT_TYPES, a figure left to the class default, a legacy
+    or non-numeric field, a tokenizer file that does not parse."""
     import json
 
-    if not path.exists():
-        return {}
+    folder = Path(source)
+    if not folder.is_dir():
+        return None
     try:
-        loaded = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise ReviewflowError(f"--model: cannot read {path}: {err}; save the model again with save_pretrained()") \
-            from None
-    return loaded if isinstance(loaded, dict) else {}
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        tokenizer_config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+        if (folder / "tokenizer.json").exists():
+            json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(config, dict) or not isinstance(tokenizer_config, dict):
+        return None
+    positions, declared = config.get("max_position_embeddings"), tokenizer_config.get("model_max_length")
+    if (config.get("model_type") not in STATED_LIMIT_TYPES or "max_len" in tokenizer_config
+            or not _is_number(positions) or positions < 1 or not _is_number(declared)):
+        return None
+    return _with_declared(int(positions), declared)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _with_declared(limit: int, declared) -> int:
+    declared = int(declared) if _is_number(declared) and declared < 1_000_000 else 0  # huge: a "no limit" sentinel
+    if declared > 0:
+        limit = min(limit, declared) if limit else declared
+    return limit or 512
 
 
 def check_max_length(model: str, max_length: int) -> None:

@@ -34,7 +34,8 @@ Two views of the fixed cost (what stands between the default run and a small ove
 and adds "imports_s" (seconds of top-level imports per step process) and "imports_top" (the five costliest per
 step) from the flow log; the instrumentation slows the run itself by a few percent, so take the other figures from
 a run without it. `--floor` also runs, in the same folder, an empty flow with the same nine steps (each step only
-calls self.next) and adds "empty_flow_s": Metaflow's own cost of nine step processes on this machine.
+calls self.next) and adds "empty_flow_s" to the training run's line: Metaflow's own cost of nine step processes
+on this machine.
 """
 from __future__ import annotations
 
@@ -292,7 +293,7 @@ def measure(workdir: Path, flow_args: list[str], number: int, args, expected_rou
     line = {k: line[k] for k in JSON_KEYS}
     if args.imports:
         line["imports_s"], line["imports_top"] = import_seconds(log_file)
-    if args.floor:
+    if args.floor and expected_route == "train":  # once per folder, beside the full run
         line["empty_flow_s"] = empty_flow_seconds(workdir, args)
     if args.keep:
         line["workdir"] = str(workdir)

@@ -83,7 +83,13 @@ def parse_args(argv=None):
     parser.add_argument("--json", action="store_true", help="print only the JSON lines on stdout")
     parser.add_argument("--worker", choices=(*CONTENDERS, "peak"), help=argparse.SUPPRESS)
     parser.add_argument("--peaks", help=argparse.SUPPRESS)  # measured GEMM peaks, JSON, from the parent
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.profile_steps and args.device == "cuda":
+        parser.error("--profile-steps profiles CPU time per optimizer step; on CUDA the engine reports its steps in "
+                     "groups of 20 and the time is spent on the GPU: use torch.profiler with CUDA activities there")
+    if args.profile_steps < 0:
+        parser.error("--profile-steps must be at least 1 (0: no profile)")
+    return args
 
 
 # --- shared by all contenders ---------------------------------------------------------------------------------
@@ -205,48 +211,69 @@ def run_reviewflow(model, tokenizer, train, args):
                                            "precision": result.precision}
 
 
-# Kinds of operation, by the first pattern found in an operator's name (torch.profiler's CPU op names).
-OP_KINDS = (("matrix multiply", ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "mkldnn", "onednn")),
-            ("fused attention", ("scaled_dot_product", "flash_attention")),
-            ("optimizer", ("adam",)),
-            ("layer norm", ("layer_norm",)),
-            ("gradient clipping", ("vector_norm", "_foreach_norm", "clamp", "_foreach_mul")),
-            ("dropout", ("dropout", "bernoulli")),
-            ("softmax / loss", ("softmax", "nll_loss", "cross_entropy")),
-            ("GELU", ("gelu",)),
-            ("zero-fill", ("zero_", "fill_")),
-            ("copies and casts", ("copy_", "_to_copy", "aten::to", "contiguous", "clone")),
-            ("embedding", ("embedding", "index_select", "index_add", "index_put")))
+# Kinds of operation: the first kind with an exact name or a name part that matches an operator's name
+# (torch.profiler's CPU op names, lower-cased), in this order.
+OP_KINDS = (("matrix multiply", {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::matmul",
+                                 "aten::linear", "aten::mkldnn_linear"}, ()),
+            ("fused attention", set(), ("scaled_dot_product", "flash_attention")),
+            ("optimizer", set(), ("adam", "optimizer.")),
+            ("layer norm", set(), ("layer_norm",)),
+            ("gradient clipping", set(), ("vector_norm", "_foreach_norm", "clamp", "_foreach_mul")),
+            ("embedding", set(), ("embedding", "index_select", "index_add", "index_put", "index_copy",
+                                  "index_fill")),
+            ("dropout", set(), ("dropout", "bernoulli")),
+            ("softmax / loss", set(), ("softmax", "nll_loss", "cross_entropy")),
+            ("GELU", set(), ("gelu",)),
+            ("zero-fill", {"aten::zero_", "aten::fill_", "aten::zeros", "aten::zeros_like"}, ()),
+            ("copies and casts", {"aten::copy_", "aten::_to_copy", "aten::to", "aten::contiguous", "aten::clone"},
+             ()))
+
+
+def op_kind(name: str) -> str:
+    name = name.lower()
+    return next((kind for kind, exact, parts in OP_KINDS if name in exact or any(p in name for p in parts)), "other")
 
 
 class StepProfiler:
-    """torch.profiler over `steps` optimizer steps after `warmup` steps (reviewflow's on_step callback)."""
+    """torch.profiler over `steps` optimizer steps after `warmup` steps, driven by the engine's on_step callback
+    (on a CPU, called after every optimizer step, numbered from 1)."""
 
     def __init__(self, steps: int, warmup: int = 10):
-        self.first, self.last, self.profile = warmup, warmup + steps, None
+        self.first, self.last, self.profile, self.seen, self.stopped_at = warmup, warmup + steps, None, 0, None
 
     def on_step(self, step: int, metrics: dict) -> None:
         from torch.profiler import ProfilerActivity, profile
 
+        self.seen = step
         if step == self.first and self.profile is None:
             self.profile = profile(activities=[ProfilerActivity.CPU])
             self.profile.start()
-        elif step == self.last and self.profile is not None:
+        elif step == self.last and self.profile is not None and self.stopped_at is None:
             self.profile.stop()
+            self.stopped_at = step
 
     def summary(self, top: int = 12) -> dict:
         if self.profile is None:
-            return {"note": f"training ended before step {self.first}: nothing profiled"}
+            return {"note": f"training ended after step {self.seen}, before step {self.first}: nothing profiled"}
+        note = None
+        if self.stopped_at is None:  # training ended first: what ran since the start counts
+            self.profile.stop()
+            self.stopped_at = self.seen
+            note = f"training ended after step {self.seen}: {self.seen - self.first} steps profiled, not " \
+                   f"{self.last - self.first}"
+        steps = self.stopped_at - self.first
+        if steps < 1:
+            return {"note": f"training ended at step {self.seen}: nothing profiled"}
         events = [(e.key, e.self_cpu_time_total) for e in self.profile.key_averages()]
         total = sum(us for _, us in events) or 1.0
         kinds = {}
         for name, us in events:
-            kind = next((k for k, patterns in OP_KINDS if any(p in name for p in patterns)), "other")
-            kinds[kind] = kinds.get(kind, 0.0) + us
+            kinds[op_kind(name)] = kinds.get(op_kind(name), 0.0) + us
         costliest = sorted(events, key=lambda e: -e[1])[:top]
-        return {"steps": self.last - self.first, "cpu_ms_per_step": round(total / 1e3 / (self.last - self.first), 1),
-                "share_by_kind": {k: round(us / total, 3) for k, us in sorted(kinds.items(), key=lambda kv: -kv[1])},
-                "costliest": [[name, round(us / total, 3)] for name, us in costliest]}
+        summary = {"steps": steps, "cpu_ms_per_step": round(total / 1e3 / steps, 1),
+                   "share_by_kind": {k: round(us / total, 3) for k, us in sorted(kinds.items(), key=lambda kv: -kv[1])},
+                   "costliest": [[name, round(us / total, 3)] for name, us in costliest]}
+        return {**summary, "note": note} if note else summary
 
 
 def run_hf_trainer(model, tokenizer, train, args):

@@ -21,43 +21,71 @@ def test_zero_or_negative_max_length_is_refused_by_its_setting_too():
         settings.check({"max-length": 0})
 
 
-def test_a_local_directorys_limit_is_read_from_its_files_as_transformers_reads_it(tiny_model_dir, tmp_path):
-    """position_limit reads config.json and tokenizer_config.json of a local directory itself (no transformers
-    import in the start step); the figures are the ones transformers reads from the same files."""
+def _variant(source: Path, target: Path, config: dict | None = None, tokenizer_config: dict | None = None,
+             drop: tuple = (), tokenizer_json: str | None = None) -> Path:
+    """A copy of the model directory `source` with fields of its config.json / tokenizer_config.json replaced
+    (a value None removes the field) and files dropped or overwritten."""
     import json
     import shutil
+
+    shutil.copytree(source, target)
+    for name, changes in (("config.json", config), ("tokenizer_config.json", tokenizer_config)):
+        if changes:
+            content = json.loads((target / name).read_text())
+            content.update(changes)
+            (target / name).write_text(json.dumps({k: v for k, v in content.items() if v is not None}))
+    for name in drop:
+        (target / name).unlink()
+    if tokenizer_json is not None:
+        (target / "tokenizer.json").write_text(tokenizer_json)
+    return target
+
+
+VARIANTS = {
+    "as saved": {},
+    "tokenizer declares 32": {"tokenizer_config": {"model_max_length": 32}},
+    "tokenizer declares 1e30 (no limit)": {"tokenizer_config": {"model_max_length": 1e30}},
+    "tokenizer declares nothing": {"tokenizer_config": {"model_max_length": None}},
+    "tokenizer declares a string": {"tokenizer_config": {"model_max_length": "32"}},
+    "legacy max_len": {"tokenizer_config": {"model_max_length": None, "max_len": 32}},
+    "no tokenizer_config.json": {"drop": ("tokenizer_config.json",)},
+    "positions left to the default": {"config": {"max_position_embeddings": None}},
+    "roberta without pad_token_id": {"config": {"model_type": "roberta", "pad_token_id": None}},
+    "roberta with pad_token_id 1": {"config": {"model_type": "roberta", "pad_token_id": 1}},
+}
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_a_local_directorys_limit_is_the_one_transformers_reports(tiny_model_dir, tmp_path, monkeypatch, variant):
+    """position_limit reads what it can of a local directory itself (no transformers import in the start step);
+    whatever the files say, the answer is the one the transformers path gives for the same directory."""
+    from steps.training import models
+
+    model_dir = _variant(tiny_model_dir, tmp_path / "model", **VARIANTS[variant])
+    read = position_limit(str(model_dir))
+    monkeypatch.setattr(models, "_stated_limit", lambda source: None)  # force the transformers path
+    assert read == position_limit(str(model_dir))
+    if variant == "tokenizer declares 32":
+        assert read == 32  # the tokenizer's declared limit is below the 64 positions
+
+
+def test_the_packaged_encoder_and_a_saved_model_are_read_without_transformers(tiny_model_dir):
     import subprocess
     import sys
 
-    from transformers import AutoConfig, AutoTokenizer
-
-    model_dir = tmp_path / "declared-32"
-    shutil.copytree(tiny_model_dir, model_dir)
-    tokenizer_config = model_dir / "tokenizer_config.json"
-    declared = json.loads(tokenizer_config.read_text()) if tokenizer_config.exists() else {}
-    tokenizer_config.write_text(json.dumps({**declared, "model_max_length": 32}))
-    assert AutoTokenizer.from_pretrained(model_dir).model_max_length == 32
-    assert AutoConfig.from_pretrained(model_dir).max_position_embeddings == 64
-    assert position_limit(str(model_dir)) == 32  # the tokenizer's declared limit is below the 64 positions
-
-    roberta_like = tmp_path / "offset"
-    shutil.copytree(tiny_model_dir, roberta_like)
-    config = json.loads((roberta_like / "config.json").read_text())
-    (roberta_like / "config.json").write_text(json.dumps({**config, "model_type": "roberta", "pad_token_id": 1}))
-    assert position_limit(str(roberta_like)) == 64 - 2  # RoBERTa-style models reserve pad_token_id + 1 positions
-
     code = ("import sys; from steps.training.models import position_limit; "
-            f"print(position_limit({str(tiny_model_dir)!r}), 'transformers' in sys.modules)")
+            f"print(position_limit({str(tiny_model_dir)!r}), position_limit('minilm'), 'transformers' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=str(Path(__file__).resolve().parents[2])).stdout.split()
-    assert out == ["64", "False"]
+    assert out == ["64", "512", "False"]
 
 
-def test_an_unreadable_config_names_the_file(tiny_model_dir, tmp_path):
-    import shutil
-
-    broken = tmp_path / "broken"
-    shutil.copytree(tiny_model_dir, broken)
-    (broken / "config.json").write_text("{not json")
-    with pytest.raises(ReviewflowError, match=r"cannot read .*config\.json.*save_pretrained"):
-        position_limit(str(broken))
+def test_a_broken_model_directory_still_fails_at_the_check(tiny_model_dir, tmp_path):
+    """Files the direct read cannot trust go to transformers, which refuses them as before: in the start step,
+    before any data is read."""
+    corrupt_tokenizer = _variant(tiny_model_dir, tmp_path / "corrupt-tokenizer", tokenizer_json="{not json")
+    with pytest.raises(Exception):
+        position_limit(str(corrupt_tokenizer))
+    unknown_type = _variant(tiny_model_dir, tmp_path / "unknown-type", config={"model_type": "no-such-model"})
+    with pytest.raises(Exception, match="no-such-model|Unrecognized"):
+        position_limit(str(unknown_type))
