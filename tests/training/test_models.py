@@ -84,8 +84,8 @@ def test_a_broken_model_directory_still_fails_at_the_check(tiny_model_dir, tmp_p
     """Files the direct read cannot trust go to transformers, which refuses them as before: in the start step,
     before any data is read."""
     corrupt_tokenizer = _variant(tiny_model_dir, tmp_path / "corrupt-tokenizer", tokenizer_json="{not json")
-    with pytest.raises(Exception):
+    with pytest.raises(ValueError, match="Expecting property name"):  # the tokenizer file's JSON error
         position_limit(str(corrupt_tokenizer))
     unknown_type = _variant(tiny_model_dir, tmp_path / "unknown-type", config={"model_type": "no-such-model"})
-    with pytest.raises(Exception, match="no-such-model|Unrecognized"):
+    with pytest.raises(ValueError, match="no-such-model|Unrecognized"):
         position_limit(str(unknown_type))
