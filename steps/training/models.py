@@ -162,7 +162,10 @@ def position_limit(model: str) -> int:
     limit = int(getattr(config, "max_position_embeddings", 0) or 0)
     if limit and getattr(config, "model_type", "") in POSITION_OFFSET_MODELS:
         limit -= int(config.pad_token_id or 0) + 1
-    return _with_declared(limit, getattr(load_tokenizer(model), "model_max_length", 0))
+    declared = int(getattr(load_tokenizer(model), "model_max_length", 0) or 0)
+    if 0 < declared < 1_000_000:  # tokenizers without a limit declare a huge sentinel
+        limit = min(limit, declared) if limit else declared
+    return limit or 512
 
 
 # Model types whose position limit is config.json's max_position_embeddings, with no offset and no alias field
@@ -191,18 +194,16 @@ def _stated_limit(source: str) -> int | None:
     if (config.get("model_type") not in STATED_LIMIT_TYPES or "max_len" in tokenizer_config
             or not _is_number(positions) or positions < 1 or not _is_number(declared)):
         return None
-    return _with_declared(int(positions), declared)
+    limit, declared = int(positions), int(declared)  # as the transformers path below: whole tokens
+    if 0 < declared < 1_000_000:  # tokenizers without a limit declare a huge sentinel
+        limit = min(limit, declared)
+    return limit
 
 
 def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    import math
 
-
-def _with_declared(limit: int, declared) -> int:
-    declared = int(declared) if _is_number(declared) and declared < 1_000_000 else 0  # huge: a "no limit" sentinel
-    if declared > 0:
-        limit = min(limit, declared) if limit else declared
-    return limit or 512
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def check_max_length(model: str, max_length: int) -> None:

@@ -47,6 +47,7 @@ VARIANTS = {
     "tokenizer declares 1e30 (no limit)": {"tokenizer_config": {"model_max_length": 1e30}},
     "tokenizer declares nothing": {"tokenizer_config": {"model_max_length": None}},
     "tokenizer declares a string": {"tokenizer_config": {"model_max_length": "32"}},
+    "tokenizer declares a fraction": {"tokenizer_config": {"model_max_length": 40.5}},
     "legacy max_len": {"tokenizer_config": {"model_max_length": None, "max_len": 32}},
     "no tokenizer_config.json": {"drop": ("tokenizer_config.json",)},
     "positions left to the default": {"config": {"max_position_embeddings": None}},
