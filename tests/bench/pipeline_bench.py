@@ -60,8 +60,9 @@ runpy.run_path(str(ROOT / "flows" / "flowkit" / "__init__.py"))  # puts the libr
 FLOW_FILE = ROOT / "flows" / "review_flow.py"
 FLOW_NAME = "ReviewFlow"
 BENCH_USER = "reviewflow-bench"
+# A top-level import in a step's log (nested ones have more spaces before the module and do not match: their
+# time is inside their top-level parent's cumulative time)
 IMPORT_LINE = re.compile(r"\[[^/\]]+/(\w+)/\d+[^\]]*\] import time:\s*\d+ \|\s*(\d+) \| (\S.*)$")
-STEP_NAMES = ("start", "ingest", "validate", "split", "tokenize", "train", "evaluate", "register", "end")
 JSON_KEYS = ("route", "wall_s", "training_s", "overhead_s", "steps", "outside_steps_s", "train_pass_s", "accuracy",
              "f1", "rows", "cpu", "cpus", "load_avg", "run", "repeat")
 EPOCH_LINE = re.compile(r"epoch (\d+)/\d+: .*\((\d+(?:\.\d+)?) s\)")  # steps/training/loop.py end_epoch
@@ -226,8 +227,8 @@ def import_seconds(log_file: Path, top: int = 5) -> tuple[dict, dict]:
     totals, modules = {}, {}
     for line in log_file.read_text(errors="replace").splitlines():
         match = IMPORT_LINE.search(line)
-        if match is None or match.group(3).startswith(" "):
-            continue  # not an import line, or a nested import (counted in its top-level parent's cumulative time)
+        if match is None:
+            continue
         step, micros, module = match.group(1), int(match.group(2)), match.group(3).strip()
         totals[step] = totals.get(step, 0) + micros
         modules.setdefault(step, []).append((micros, module))
@@ -248,10 +249,11 @@ if __name__ == "__main__":
 """
 
 
-def empty_flow_seconds(workdir: Path, args) -> float | None:
-    """Wall seconds of a flow with ReviewFlow's nine steps that do nothing (same environment and datastore)."""
+def empty_flow_seconds(workdir: Path, args, step_names: list[str]) -> float | None:
+    """Wall seconds of a linear flow with the steps `step_names` (the measured run's, in order) that do nothing,
+    in the same environment and datastore."""
     steps = []
-    for name, following in zip(STEP_NAMES, STEP_NAMES[1:] + (None,)):
+    for name, following in zip(step_names, [*step_names[1:], None]):
         body = f"self.next(self.{following})" if following else "pass"
         steps.append(f"    @step\n    def {name}(self):\n        {body}\n")
     flow_file = workdir / "empty_flow.py"
@@ -294,7 +296,7 @@ def measure(workdir: Path, flow_args: list[str], number: int, args, expected_rou
     if args.imports:
         line["imports_s"], line["imports_top"] = import_seconds(log_file)
     if args.floor and expected_route == "train":  # once per folder, beside the full run
-        line["empty_flow_s"] = empty_flow_seconds(workdir, args)
+        line["empty_flow_s"] = empty_flow_seconds(workdir, args, list(steps))  # the run's steps, in start order
     if args.keep:
         line["workdir"] = str(workdir)
     return line

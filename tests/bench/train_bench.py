@@ -268,7 +268,8 @@ class StepProfiler:
         total = sum(us for _, us in events) or 1.0
         kinds = {}
         for name, us in events:
-            kinds[op_kind(name)] = kinds.get(op_kind(name), 0.0) + us
+            kind = op_kind(name)
+            kinds[kind] = kinds.get(kind, 0.0) + us
         costliest = sorted(events, key=lambda e: -e[1])[:top]
         summary = {"steps": steps, "cpu_ms_per_step": round(total / 1e3 / steps, 1),
                    "share_by_kind": {k: round(us / total, 3) for k, us in sorted(kinds.items(), key=lambda kv: -kv[1])},
