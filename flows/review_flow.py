@@ -142,17 +142,20 @@ class ReviewFlow(FlowSpec):
         from steps.evaluation.baseline import evaluate_baseline
         from steps.evaluation.evaluate import evaluate_served_model
         from steps.evaluation.explain import explain_test_reviews
+        from steps.serving.package import ParityRules
+        from steps.training.models import loaded
 
         clear_training_checkpoints(self, self.trained_by)  # the trained model is an artifact now
-        with step_run(self, "evaluate") as run:
+        with step_run(self, "evaluate") as run, loaded(self.classifier) as model:  # the weights, read once
             baseline = evaluate_baseline(run, self.train_rows, self.test_rows, self.seed)  # TF-IDF, same rows
             evaluation, verdict, served = evaluate_served_model(
-                run, self.mlflow_run_id, self.classifier, self.tokens["test"], self.test_rows, self.history,
+                run, self.mlflow_run_id, model, self.tokens["test"], self.test_rows, self.history,
                 self.model_name, max_length=self.max_length, trained_by=self.trained_by,
                 gate_settings=setting_values(self, "gate", exclude=("promote",), python_names=True),
                 serving_backend=self.serving_backend, cuda_precision=self.train_summary["precision"],
-                baseline_f1=baseline.metrics["f1"])
-            self.explanations = explain_test_reviews(run, self.classifier, self.test_rows, evaluation.probabilities,
+                baseline_f1=baseline.metrics["f1"],
+                parity_rules=ParityRules(int8_max_drop=self.int8_max_drop, int8_max_flipped=self.int8_max_flipped))
+            self.explanations = explain_test_reviews(run, model, self.test_rows, evaluation.probabilities,
                                                      evaluation.confident_errors, self.max_length,
                                                      self.explain_steps, self.seed)
         self.served_model = served.__dict__  # the logged model that was scored: register registers exactly it

@@ -166,9 +166,15 @@ SETTINGS: tuple[Setting, ...] = (
        "logistic regression baseline's on the same test rows (the baseline is still trained and reported).",
        "gate", training_input=False),
     # --- serving: what the registered model runs on -------------------------------------------------------------
-    _s("serving-backend", str, "auto", "What the registered model serves with: auto (the fastest of torch, onnx and "
-       "onnx-int8 that passed its parity check on the test rows), or one of them.", "serving",
-       choices=("auto", "torch", "onnx", "onnx-int8"), training_input=False),
+    _s("serving-backend", str, "auto", "What the registered model serves with: auto (the first of onnx-int8, onnx "
+       "and torch that passed its parity check against PyTorch on the test rows; torch first on a GPU), or one of "
+       "them.", "serving", choices=("auto", "torch", "onnx", "onnx-int8"), training_input=False),
+    _s("int8-max-drop", float, 0.003, "Parity of the int8 model: its test accuracy and its test F1 may each be at "
+       "most this much below PyTorch fp32's (0.003 = 0.3 point), else it does not serve.", "serving",
+       range=Range(0, 1), training_input=False),
+    _s("int8-max-flipped", float, 0.01, "Parity of the int8 model: at most this share of the test predictions may "
+       "differ from PyTorch fp32's (0.01 = 1%), else it does not serve.", "serving", range=Range(0, 1),
+       training_input=False),
     # --- registry: where the model goes, and whether to train at all -----------------------------------------------
     _s("registered-model", str, DEFAULT_REGISTERED_MODEL, "Name of the model in the MLflow model registry.",
        "registry", training_input=False),

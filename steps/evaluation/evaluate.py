@@ -6,6 +6,7 @@ champion trained with another tokenizer or max_length is judged on exactly the s
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from schemas import TEXT_COLUMN
@@ -142,42 +143,47 @@ def log_evaluation(run, evaluation: Evaluation, verdict=None) -> None:
         run.tags(verdict.tags())
 
 
-def evaluate_served_model(run, parent_run_id: str, classifier: bytes, tokens, test_rows, history,
+def evaluate_served_model(run, parent_run_id: str, classifier, tokens, test_rows, history,
                           registered_model: str, *, max_length: int, trained_by: str, gate_settings: dict,
                           serving_backend: str = "auto", cuda_precision: str = "fp32",
-                          baseline_f1: float | None = None):
-    """The evaluate step. Log the trained classifier as the model that will be served (its ONNX variants checked
-    and the serving backend chosen: steps/serving/package.py), score the test split through that logged model's own
-    predict path and the current champion of `registered_model` through its own, judge the promotion gate, and
-    log it all: everything on the step's run, the test metrics on the LoggedModel (with the test dataset), the
-    headline ones and the gate on the flow's parent run. `baseline_f1`: the TF-IDF baseline's F1 on the same test
-    rows, for the gate's baseline rule (gate_settings' ignore_baseline). Returns (Evaluation, GateVerdict,
+                          baseline_f1: float | None = None, parity_rules=None):
+    """The evaluate step. Log the trained classifier as the model that will be served (its ONNX variants made,
+    every backend scoring the test rows once, their parity checked and the serving backend chosen:
+    steps/serving/package.py), take the served backend's scores as the evaluation's, score the current champion of
+    `registered_model` through its own pyfunc, judge the promotion gate, and log it all: everything on the step's
+    run, the test metrics on the LoggedModel (with the test dataset), the headline ones and the gate on the flow's
+    parent run. `classifier`: the trained model, loaded once (steps.training.models.loaded) or packed (bytes).
+    `baseline_f1`: the TF-IDF baseline's F1 on the same test rows, for the gate's baseline rule (gate_settings'
+    ignore_baseline). `parity_rules`: steps.serving.package.ParityRules. Returns (Evaluation, GateVerdict,
     ServedModel)."""
     import mlflow
 
     from schemas import LABEL_COLUMN
     from steps.evaluation.gate import judge_evaluation, with_baseline
     from steps.lifecycle.promotion import CHAMPION, alias_version
-    from steps.serving.package import find_served_model, log_served_model
-    from steps.training.models import unpacked
+    from steps.serving.package import ParityRules, build_served_model, find_served_model
+    from steps.training.models import loaded
 
     texts, labels = test_rows[TEXT_COLUMN].astype(str).tolist(), test_rows[LABEL_COLUMN].to_numpy()
     experiment_id = run.client.get_run(run.run_id).info.experiment_id
-    served = find_served_model(experiment_id, trained_by)
+    served, probs = find_served_model(experiment_id, trained_by), None
     if served is None:
-        with unpacked(classifier) as model_dir:
-            served = log_served_model(model_dir, texts, labels, max_length=max_length, trained_by=trained_by,
-                                      backend=serving_backend, cuda_precision=cuda_precision)
+        with (loaded(classifier) if isinstance(classifier, bytes) else _as_context(classifier)) as model:
+            served, probs = build_served_model(model.directory, texts, labels, max_length=max_length,
+                                               trained_by=trained_by, backend=serving_backend,
+                                               cuda_precision=cuda_precision, rules=parity_rules or ParityRules(),
+                                               model=model.model, tokenizer=model.tokenizer)
     else:
         print(f"reusing the model an earlier attempt logged for {trained_by}: {served.model_uri} ({served.backend})")
-    probs = served_probabilities(mlflow.pyfunc.load_model(served.model_uri, model_config={"inference_log": False}),
-                                 texts)
+    if probs is None:  # logged by an earlier attempt: its scores come from loading it
+        probs = served_probabilities(mlflow.pyfunc.load_model(served.model_uri,
+                                                              model_config={"inference_log": False}), texts)
     champion = alias_version(run.client, registered_model, CHAMPION)
     evaluation = evaluate_predictions(
         labels, probs, tokens.lengths, test_rows, history,
         champion_uri=None if champion is None else f"models:/{registered_model}/{champion}", champion_version=champion)
     evaluation.serving = {"model_uri": served.model_uri, "backend": served.backend, "chosen_because": served.chose,
-                          "parity": served.parity}
+                          "parity": served.parity, "graph": served.graph}
     rules = dict(gate_settings)
     ignore_baseline = bool(rules.pop("ignore_baseline", False))
     verdict = with_baseline(judge_evaluation(evaluation.metrics, champion, evaluation.comparison, **rules),
@@ -191,6 +197,11 @@ def evaluate_served_model(run, parent_run_id: str, classifier: bytes, tokens, te
     run.client.log_batch(parent_run_id, metrics=[_metric(k, v) for k, v in headline.items()])
     run.client.set_tag(parent_run_id, "gate", verdict.tags()["gate"])
     return evaluation, verdict, served
+
+
+@contextmanager
+def _as_context(value):
+    yield value
 
 
 def _metric(key: str, value: float):

@@ -149,24 +149,28 @@ def pick_reviews(labels, probs, confident_errors: list[dict], seed: int = 0, cor
     return [(int(e["row"]), "error") for e in confident_errors[:errors]] + [(int(i), "correct") for i in sorted(sample)]
 
 
-def explain_test_reviews(run, classifier: bytes, test_rows, probabilities, confident_errors: list[dict],
+def explain_test_reviews(run, classifier, test_rows, probabilities, confident_errors: list[dict],
                          max_length: int, n_steps: int, seed: int = 0) -> dict:
     """The evaluate step's explanations: the most confident errors and a sample of correct predictions, with
     the cost (seconds per explained review) and the largest convergence delta; logged on `run` as metrics and as
-    explanations/explanations.json. Returns that JSON's content ({"reviews": [] } when n_steps is 0)."""
+    explanations/explanations.json. Returns that JSON's content ({"reviews": [] } when n_steps is 0).
+    `classifier`: the trained model loaded once (steps.training.models.loaded) or packed (bytes)."""
     from schemas import LABEL_COLUMN, TEXT_COLUMN
-    from steps.training.models import load_classifier, load_tokenizer, unpacked
+    from steps.training.models import loaded
 
     if not n_steps:
         return {"reviews": [], "n_steps": 0, "note": "no explanations (--explain-steps 0)"}
     labels = test_rows[LABEL_COLUMN].to_numpy()
     picked = pick_reviews(labels, probabilities, confident_errors, seed)
     texts = test_rows[TEXT_COLUMN].astype(str).tolist()
-    with unpacked(classifier) as model_dir:
-        model, tokenizer = load_classifier(model_dir), load_tokenizer(model_dir)
-        started = time.perf_counter()
-        explained = explain_texts(model, tokenizer, [texts[row] for row, _ in picked], max_length, n_steps)
-        seconds = time.perf_counter() - started
+    if isinstance(classifier, bytes):
+        with loaded(classifier) as model:
+            return explain_test_reviews(run, model, test_rows, probabilities, confident_errors, max_length, n_steps,
+                                        seed)
+    started = time.perf_counter()
+    explained = explain_texts(classifier.model, classifier.tokenizer, [texts[row] for row, _ in picked], max_length,
+                              n_steps)
+    seconds = time.perf_counter() - started
     reviews = []
     for (row, kind), explanation in zip(picked, explained):
         reviews.append({"row": row, "kind": kind, "label": int(labels[row]),

@@ -187,6 +187,15 @@ def next_lines(report: RunReport) -> list[str]:
             f"force:     {promote} --version {version} --force --reason 'why'{suffix}"] + history
 
 
+def served_scorecard(served: dict) -> list[str]:
+    """What each backend scored on the test rows (accuracy/F1), and why a refused one was refused: no point is lost
+    to serving without the summary saying so."""
+    from steps.serving.package import ServedModel
+
+    line = ServedModel(**{"model_uri": "", "model_id": "", **served}).scorecard()
+    return [line] if line else []
+
+
 def headline(report: RunReport) -> str:
     registration = report.registration
     if registration is None:
@@ -212,7 +221,8 @@ def summary_lines(report: RunReport) -> list[str]:
         lines += _rows("gate", [f"promotion gate: {registration['gate']} "
                                 f"({'; '.join(registration.get('gate_reasons', []))})"])
     loaded = f"{name}@champion" if "champion" in registration.get("aliases", []) else f"{name}/{version}"
-    served = ([f"served by {report.served['backend']}: {report.served['chose']}"] if report.served else [])
+    served = ([f"served by {report.served['backend']}: {report.served['chose']}", *served_scorecard(report.served)]
+              if report.served else [])
     lines += _rows("registered", [registered, *served, f"load: mlflow.pyfunc.load_model('models:/{loaded}')"])
     lines += _rows("MLflow", mlflow_lines(report))
     lines += _rows("cards", card_lines(report))

@@ -30,23 +30,58 @@ ONNX_ARTIFACTS = {"onnx": "onnx_fp32", "onnx-int8": "onnx_int8"}
 OUTPUTS = ("label", "probabilities")
 
 
+# A bucket of texts of similar length ends where padding would exceed this share of its real tokens.
+MAX_PADDING = 0.25
+
+
+def buckets(lengths, batch_size: int) -> list:
+    """Row indices in batches of at most `batch_size`: the rows sorted by token length (ties in input order), and
+    a new batch begun wherever padding the next row's batch to its longest row would add more than `MAX_PADDING`
+    of its real tokens. One row a batch for a single text; for many, each batch costs about its real tokens."""
+    import numpy as np
+
+    order = np.argsort(np.asarray(lengths), kind="stable")
+    out, start, tokens = [], 0, 0
+    for end, row in enumerate(order):
+        length = int(lengths[row])
+        rows = end - start + 1
+        if rows > 1 and (rows > batch_size or rows * length > (1 + MAX_PADDING) * (tokens + length)):
+            out.append(order[start:end])
+            start, tokens = end, 0
+        tokens += length
+    if start < len(order):
+        out.append(order[start:])
+    return out
+
+
 class Scorer:
     """Positive-class probabilities of review texts with one backend (also used to check the backends' parity)."""
 
     def __init__(self, classifier_dir: str, backend: str = "torch", onnx_file: str | None = None,
-                 max_length: int = 128, batch_size: int = 64, cuda_precision: str = "fp32"):
-        from transformers import AutoTokenizer
-
+                 max_length: int = 128, batch_size: int = 64, cuda_precision: str = "fp32", *, model=None,
+                 tokenizer=None):
+        """`model` / `tokenizer`: already loaded from `classifier_dir` (the evaluate step's), so not loaded again."""
         if backend not in BACKENDS:
             raise ValueError(f"backend {backend!r}: use one of {', '.join(BACKENDS)}")
         self.backend, self.max_length, self.batch_size = backend, int(max_length), int(batch_size)
-        self.tokenizer = AutoTokenizer.from_pretrained(classifier_dir)
+        if tokenizer is None:
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(classifier_dir)
+        self.tokenizer = tokenizer
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.pad_left = getattr(tokenizer, "padding_side", "right") == "left"
         if backend == "torch":
             import torch
-            from transformers import AutoModelForSequenceClassification
 
-            self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-            self.model = AutoModelForSequenceClassification.from_pretrained(classifier_dir).eval().to(self.device)
+            if model is None:
+                from transformers import AutoModelForSequenceClassification
+
+                self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+                model = AutoModelForSequenceClassification.from_pretrained(classifier_dir).to(self.device)
+            else:
+                self.device = next(model.parameters()).device
+            self.model = model.eval()
             dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16}
             self.autocast = dtypes.get(cuda_precision) if self.device.type == "cuda" else None
         else:
@@ -57,17 +92,34 @@ class Scorer:
             self.session = ort.InferenceSession(onnx_file, options, providers=["CPUExecutionProvider"])
 
     def probabilities(self, texts: list[str]):
+        """The positive class's probability of each text, in the caller's order. The texts are tokenized once,
+        sorted by length and scored in buckets of similar length (`buckets`), so a request of many reviews is not
+        padded to its longest one."""
         import numpy as np
 
         probs = np.zeros(len(texts), dtype=np.float64)
-        order = np.argsort([len(t) for t in texts], kind="stable")  # similar lengths pad less
-        for start in range(0, len(texts), self.batch_size):
-            rows = order[start:start + self.batch_size]
-            batch = self.tokenizer([texts[i] for i in rows], truncation=True, max_length=self.max_length,
-                                   padding=True, return_token_type_ids=False,
-                                   return_tensors="pt" if self.backend == "torch" else "np")
-            probs[rows] = self._positive(batch)
+        if not len(texts):
+            return probs
+        ids = self.tokenizer(list(texts), truncation=True, max_length=self.max_length, padding=False,
+                             return_token_type_ids=False, return_attention_mask=False)["input_ids"]
+        lengths = np.fromiter((len(row) for row in ids), dtype=np.int64, count=len(ids))
+        for rows in buckets(lengths, self.batch_size):
+            probs[rows] = self._positive(self._padded([ids[i] for i in rows], int(lengths[rows].max())))
         return probs
+
+    def _padded(self, rows: list[list[int]], width: int) -> dict:
+        import numpy as np
+
+        input_ids = np.full((len(rows), width), self.pad_id, dtype=np.int64)
+        mask = np.zeros((len(rows), width), dtype=np.int64)
+        for i, row in enumerate(rows):
+            span = slice(width - len(row), width) if self.pad_left else slice(0, len(row))
+            input_ids[i, span], mask[i, span] = row, 1
+        if self.backend == "torch":
+            import torch
+
+            return {"input_ids": torch.from_numpy(input_ids), "attention_mask": torch.from_numpy(mask)}
+        return {"input_ids": input_ids, "attention_mask": mask}
 
     def _positive(self, batch):
         import numpy as np
@@ -79,7 +131,7 @@ class Scorer:
                                                         enabled=self.autocast is not None):
                 logits = self.model(**{k: v.to(self.device) for k, v in batch.items()}).logits.float()
             return torch.softmax(logits, dim=-1)[:, 1].cpu().numpy()
-        logits = self.session.run(None, {k: np.asarray(v, dtype=np.int64) for k, v in batch.items()})[0]
+        logits = self.session.run(None, batch)[0]
         logits = logits.astype(np.float64)
         shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
         return shifted[:, 1] / shifted.sum(axis=-1)

@@ -14,6 +14,7 @@ import os
 import tarfile
 import tempfile
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from steps.runtime.errors import ReviewflowError
@@ -261,3 +262,18 @@ def unpacked(blob: bytes):
     """A temporary directory holding the model that `pack_directory` packed; removed afterwards."""
     with tempfile.TemporaryDirectory(prefix="reviewflow-model-") as tmp:
         yield unpack_directory(blob, tmp)
+
+
+@dataclass
+class LoadedClassifier:
+    directory: str  # the save_pretrained directory it was loaded from (exists while loaded)
+    model: object  # the sequence classifier, in eval mode, on the CPU
+    tokenizer: object
+
+
+@contextmanager
+def loaded(blob: bytes):
+    """The classifier that `pack_directory` packed, unpacked and loaded once for all its users (the evaluate step:
+    ONNX export, PyTorch scoring, explanations); its directory is removed afterwards."""
+    with unpacked(blob) as model_dir:
+        yield LoadedClassifier(model_dir, load_classifier(model_dir).eval(), load_tokenizer(model_dir))

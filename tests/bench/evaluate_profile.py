@@ -7,7 +7,7 @@ Reads the newest successful ReviewFlow run of that folder that trained (its loca
 MLflow store), then repeats what the evaluate step does with that run's artifacts, under cProfile: an MLflow run
 of its own (experiment `reviewflow-evaluate-profile`, so the flow's runs stay as they were) with a nested step
 run, the TF-IDF baseline, logging the served model (ONNX export, int8 quantization, the parity check of every
-backend on the test rows, mlflow.pyfunc.log_model) and scoring the test rows through it, and the explanations.
+backend on the test rows, mlflow.pyfunc.log_model), and the explanations, on the classifier loaded once.
 The served model is logged under a new `trained_by` and judged against a registered model name nobody uses, so
 no champion is scored. Prints seconds per phase (wall time, cProfile's own cost included), then cProfile's top
 functions by cumulative time. Imports count where they happen, as in the step's process.
@@ -55,6 +55,7 @@ def main() -> None:
     from steps.evaluation.evaluate import evaluate_served_model
     from steps.evaluation.explain import explain_test_reviews
     from steps.runtime import tracking
+    from steps.training.models import loaded
 
     # A parent run of its own (experiment "reviewflow-evaluate-profile"): the kept flow run's MLflow run, its status
     # and its gate tag stay as the flow left them.
@@ -65,14 +66,16 @@ def main() -> None:
         marks.append(("imports + MLflow step run", time.perf_counter()))
         baseline = evaluate_baseline(run, data.train_rows, data.test_rows, data.seed)
         marks.append(("TF-IDF baseline", time.perf_counter()))
-        evaluation, _, _ = evaluate_served_model(
-            run, parent, data.classifier, data.tokens["test"], data.test_rows, data.history,
-            "reviewflow-evaluate-profile", max_length=data.max_length, trained_by=f"evaluate-profile-{time.time()}",
-            gate_settings={}, serving_backend="auto", cuda_precision="fp32", baseline_f1=baseline.metrics["f1"])
-        marks.append(("served model: export, parity, log, score", time.perf_counter()))
-        explain_test_reviews(run, data.classifier, data.test_rows, evaluation.probabilities,
-                             evaluation.confident_errors, data.max_length, data.explain_steps, data.seed)
-        marks.append(("explanations", time.perf_counter()))
+        with loaded(data.classifier) as model:  # as the step does: the weights read once
+            marks.append(("loading the trained classifier", time.perf_counter()))
+            evaluation, _, _ = evaluate_served_model(
+                run, parent, model, data.tokens["test"], data.test_rows, data.history, "reviewflow-evaluate-profile",
+                max_length=data.max_length, trained_by=f"evaluate-profile-{time.time()}", gate_settings={},
+                serving_backend="auto", cuda_precision="fp32", baseline_f1=baseline.metrics["f1"])
+            marks.append(("served model: export, parity, log", time.perf_counter()))
+            explain_test_reviews(run, model, data.test_rows, evaluation.probabilities, evaluation.confident_errors,
+                                 data.max_length, data.explain_steps, data.seed)
+            marks.append(("explanations", time.perf_counter()))
     profile.disable()
     tracking.finish_flow_run(uri, parent)
     for (_, before), (name, after) in zip(marks, marks[1:]):

@@ -21,6 +21,11 @@ def fmt(value) -> str:
     return "" if value is None else str(value)
 
 
+def percent(value) -> str:
+    """A share as a percentage with one decimal ("" when unknown: a model logged before it was measured)."""
+    return "" if value is None else f"{100 * float(value):.1f}%"
+
+
 def one_decimal(value) -> str:
     return "" if value is None else f"{value:,.1f}"
 

@@ -1,7 +1,7 @@
 """The evaluate step's card: test metrics, the champion on the same rows, slices, plots, the most confident errors."""
 from __future__ import annotations
 
-from flowkit.cards import fmt, one_decimal, short
+from flowkit.cards import fmt, one_decimal, percent, short
 
 
 def evaluation_card(evaluation, verdict=None, baseline: dict | None = None) -> list:
@@ -76,7 +76,16 @@ def serving_section(serving: dict) -> list:
                       f"**{serving['backend']}** ({serving['chosen_because']}).")]
     if serving.get("parity"):
         parts.append(Table([[backend, fmt(f["accuracy"]), fmt(f["f1"]), f"{f['max_abs_diff']:.2e}",
-                             one_decimal(f["texts_per_s"]), "passed" if f["passed"] else "FAILED"]
+                             percent(f.get("flipped")), one_decimal(f["texts_per_s"]),
+                             "passed" if f["passed"] else f"FAILED: {f.get('failed_because', '')}".rstrip(": ")]
                             for backend, f in serving["parity"].items()],
-                           headers=["backend", "accuracy", "F1", "max |p - p_torch|", "texts/s", "parity"]))
+                           headers=["backend", "accuracy", "F1", "max |p - p_torch|", "predictions flipped",
+                                    "texts/s", "parity"]))
+    graph = serving.get("graph") or {}
+    if graph:
+        fused = ", ".join(f"{op} x{n}" for op, n in graph.get("fused", {}).items())
+        parts.append(Markdown("The ONNX graphs: " + (f"fused into onnxruntime's kernels ({fused})" if
+                                                     graph.get("optimized") else
+                                                     f"the plain export, not fused ({graph.get('note', '')})")
+                              + "; int8 weights per output channel, the classifier head in fp32."))
     return parts
