@@ -3,6 +3,7 @@ import json
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
@@ -116,6 +117,9 @@ def test_the_registered_version_is_the_evaluated_one_and_mlflow_evaluate_works_o
     assert version.source == run.data.served_model["model_uri"]  # registered exactly the model evaluate scored
     model = mlflow.pyfunc.load_model(f"models:/{BRANCH_MODEL}/1")
     scored = model.predict(test_rows[[TEXT_COLUMN]], params={"output": "probabilities"})
+    # the evaluate step scored the test rows once, with the backend it then logged: the logged model gives the same
+    # numbers row by row
+    assert np.array_equal(scored["probability_positive"].to_numpy(), run.data.test_probabilities)
     assert classification_metrics(test_rows[LABEL_COLUMN], scored["probability_positive"]) == recorded
     assert version.tags["serving.backend"] == run.data.served_model["backend"]
     logged = client.get_logged_model(version.source.removeprefix("models:/"))
