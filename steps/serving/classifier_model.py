@@ -15,9 +15,10 @@ labels, `{"dataframe_records": [...], "params": {"output": "probabilities"}}` bo
 Backends (model config `backend`, chosen when the model was logged; `mlflow.pyfunc.load_model(uri,
 model_config={"backend": ...})` or, for `mlflow models serve`, REVIEWFLOW_SERVING_BACKEND overrides it):
 `torch` (the save_pretrained `classifier` artifact; on a GPU in the model config's `cuda_precision`), `onnx`
-(the fp32 ONNX graph, onnxruntime) and `onnx-int8` (its dynamically quantized copy). Every backend tokenizes with
-the same tokenizer, truncates at `max_length`, batches `batch_size` texts of similar length and returns the
-softmax of the positive class.
+(the fp32 ONNX graph fused into onnxruntime's transformer kernels) and `onnx-int8` (its copy with int8 weights per
+output channel). Every backend tokenizes with the same tokenizer, truncates at `max_length`, scores a request's
+texts in buckets of similar length (at most `batch_size` each, `buckets`) and returns the softmax of the positive
+class, in the caller's order.
 
 Set REVIEWFLOW_INFERENCE_LOG (a directory or an s3:// prefix) to record every request for monitoring.
 """
