@@ -10,7 +10,8 @@ code, its signature, an input example and pinned requirements.
 
 The served backend's scores of the test rows are the evaluation's: they come from the same `Scorer` class (the
 logged model's own code), the same files and the same settings as the logged model's predict path, so what is
-served is exactly what was evaluated (tests/evaluation/test_evaluate.py loads the logged model and checks it, row by
+served is exactly what was evaluated for the same request, all the test rows at once
+(tests/serving/test_package.py and tests/flows/test_review_flow.py load the logged model and check it, row by
 row). `register` registers exactly that model.
 
 A retried or resumed evaluate step finds the model it logged already (LoggedModel tag `trained_by`) and logs
@@ -226,6 +227,8 @@ def build_served_model(classifier_dir: str, texts: list[str], labels, *, max_len
     with tempfile.TemporaryDirectory(prefix="reviewflow-served-") as tmp:
         artifacts = {"classifier": classifier_dir}
         if variants:
+            if (model is None) != (tokenizer is None):
+                raise ValueError("build_served_model: pass both the loaded model and its tokenizer, or neither")
             if model is None:
                 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -243,7 +246,7 @@ def build_served_model(classifier_dir: str, texts: list[str], labels, *, max_len
             onnx_files = {"onnx": str(fp32), "onnx-int8": str(int8)}
             artifacts.update(onnx_fp32=str(fp32), onnx_int8=str(int8))
             if gpu:
-                model = model.to(pick_device())
+                model = model.to(pick_device())  # the caller's model moves too (explanations run there as well)
             scored = score_backends(classifier_dir, onnx_files, texts, max_length, model=model, tokenizer=tokenizer)
             parity = judge_parity(scored, labels, rules)
             chosen, why = choose_backend(parity, backend, gpu=gpu)
@@ -257,7 +260,8 @@ def build_served_model(classifier_dir: str, texts: list[str], labels, *, max_len
             parity, chosen, why = {}, "torch", "PyTorch only (no ONNX variants were made)"
         if graph:
             fused = ", ".join(f"{op} x{n}" for op, n in graph["fused"].items()) or "none"
-            log(f"ONNX graphs in {graph['seconds']:.1f} s; fused operators: {fused}")
+            log(f"ONNX graphs in {graph['seconds']:.1f} s; fused operators: {fused}"
+                + (f" ({graph['note']})" if graph.get("note") and graph.get("optimized") else ""))
         for name, figures in parity.items():
             log(f"serving backend {name}: accuracy {figures['accuracy']:.4f}, F1 {figures['f1']:.4f}, "
                 f"{figures['texts_per_s']:.0f} texts/s, max |p - p_torch| {figures['max_abs_diff']:.2e}, "

@@ -30,7 +30,7 @@ def classifier(tmp_path_factory, tiny_model_dir) -> tuple[str, dict]:
     model = save_classifier(tiny_model_dir, folder / "classifier", seed=0)
     plain = export_onnx(model, folder / "model.plain.onnx")
     graph = optimize_onnx(plain, folder / "model.onnx", model_shape(model))
-    assert graph["optimized"], graph  # the tiny DistilBERT's graph fuses: the fused graph is what is tested here
+    assert graph["optimized"] and graph["attention_fused"], graph  # the tiny DistilBERT fuses: what is tested here
     fp32 = folder / "model.onnx"
     return model, {"onnx": str(fp32), "onnx-int8": str(quantize_int8(fp32, folder / "model.int8.onnx"))}
 
@@ -194,7 +194,8 @@ def test_a_graph_that_cannot_be_fused_is_kept_as_exported_and_says_why(classifie
     model, _ = classifier
     plain = export_onnx(model, tmp_path / "plain.onnx")
     graph = optimize_onnx(plain, tmp_path / "fused.onnx", None)
-    assert graph == {"optimized": False, "fused": {}, "note": "no head count / hidden size in config.json"}
+    assert graph == {"optimized": False, "fused": {}, "attention_fused": False,
+                     "note": "no head count / hidden size in config.json"}
     assert not (tmp_path / "fused.onnx").exists()
     assert model_shape(tmp_path) is None  # no config.json there
 
@@ -250,3 +251,22 @@ def test_the_served_backends_scores_are_what_the_logged_model_predicts(trained, 
         labels_only = logged.predict(pd.DataFrame({TEXT_COLUMN: texts}))
         assert (labels_only.to_numpy() == (scores >= 0.5)).all()
         assert served.scorecard().startswith("accuracy/F1 on the test rows: torch ")
+
+
+def test_a_graph_whose_attention_does_not_fuse_says_so(classifier, tmp_path, monkeypatch):
+    """Exported with the model's SDPA attention (as before the eager switch), the attention pattern is not one the
+    optimizer knows: the rest fuses, and the result says that attention did not (the card and the log show it)."""
+    from contextlib import nullcontext
+
+    from steps.serving import onnx_export
+
+    model, _ = classifier
+    monkeypatch.setattr(onnx_export, "_eager_attention", nullcontext)
+    plain = export_onnx(model, tmp_path / "plain.onnx")
+    graph = optimize_onnx(plain, tmp_path / "fused.onnx", model_shape(model))
+    assert graph["optimized"] and not graph["attention_fused"] and "LayerNormalization" not in graph["fused"]
+    assert graph["note"].startswith("attention not fused")
+    rows = review_frame(24, seed=3)
+    parity = check_parity(model, {"onnx": str(tmp_path / "fused.onnx"), "onnx-int8": str(plain)},
+                          rows[TEXT_COLUMN].tolist(), rows[LABEL_COLUMN], max_length=32)
+    assert parity["onnx"]["passed"]  # partly fused, same answers

@@ -72,7 +72,7 @@ def serving_section(serving: dict) -> list:
     if not serving:
         return []
     parts = [Markdown(f"## Served as\nThe numbers above are those of the logged model `{serving['model_uri']}`, "
-                      f"scored through its own predict path with the backend it serves with: "
+                      f"scored by its own predict code, files and settings with the backend it serves with: "
                       f"**{serving['backend']}** ({serving['chosen_because']}).")]
     if serving.get("parity"):
         parts.append(Table([[backend, fmt(f["accuracy"]), fmt(f["f1"]), f"{f['max_abs_diff']:.2e}",
@@ -84,8 +84,8 @@ def serving_section(serving: dict) -> list:
     graph = serving.get("graph") or {}
     if graph:
         fused = ", ".join(f"{op} x{n}" for op, n in graph.get("fused", {}).items())
-        parts.append(Markdown("The ONNX graphs: " + (f"fused into onnxruntime's kernels ({fused})" if
-                                                     graph.get("optimized") else
-                                                     f"the plain export, not fused ({graph.get('note', '')})")
+        note = f" (`{graph['note']}`)" if graph.get("note") else ""
+        parts.append(Markdown("The ONNX graphs: " + (f"fused into onnxruntime's kernels: {fused}{note}" if
+                                                     graph.get("optimized") else f"the plain export, not fused{note}")
                               + "; int8 weights per output channel, the classifier head in fp32."))
     return parts
