@@ -6,7 +6,6 @@ champion trained with another tokenizer or max_length is judged on exactly the s
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from schemas import TEXT_COLUMN
@@ -168,7 +167,7 @@ def evaluate_served_model(run, parent_run_id: str, classifier, tokens, test_rows
     experiment_id = run.client.get_run(run.run_id).info.experiment_id
     served, probs = find_served_model(experiment_id, trained_by), None
     if served is None:
-        with (loaded(classifier) if isinstance(classifier, bytes) else _as_context(classifier)) as model:
+        with loaded(classifier) as model:
             served, probs = build_served_model(model.directory, texts, labels, max_length=max_length,
                                                trained_by=trained_by, backend=serving_backend,
                                                cuda_precision=cuda_precision, rules=parity_rules or ParityRules(),
@@ -197,11 +196,6 @@ def evaluate_served_model(run, parent_run_id: str, classifier, tokens, test_rows
     run.client.log_batch(parent_run_id, metrics=[_metric(k, v) for k, v in headline.items()])
     run.client.set_tag(parent_run_id, "gate", verdict.tags()["gate"])
     return evaluation, verdict, served
-
-
-@contextmanager
-def _as_context(value):
-    yield value
 
 
 def _metric(key: str, value: float):

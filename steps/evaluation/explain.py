@@ -163,14 +163,11 @@ def explain_test_reviews(run, classifier, test_rows, probabilities, confident_er
     labels = test_rows[LABEL_COLUMN].to_numpy()
     picked = pick_reviews(labels, probabilities, confident_errors, seed)
     texts = test_rows[TEXT_COLUMN].astype(str).tolist()
-    if isinstance(classifier, bytes):
-        with loaded(classifier) as model:
-            return explain_test_reviews(run, model, test_rows, probabilities, confident_errors, max_length, n_steps,
-                                        seed)
-    started = time.perf_counter()
-    explained = explain_texts(classifier.model, classifier.tokenizer, [texts[row] for row, _ in picked], max_length,
-                              n_steps)
-    seconds = time.perf_counter() - started
+    with loaded(classifier) as model:
+        started = time.perf_counter()
+        explained = explain_texts(model.model, model.tokenizer, [texts[row] for row, _ in picked], max_length,
+                                  n_steps)
+        seconds = time.perf_counter() - started
     reviews = []
     for (row, kind), explanation in zip(picked, explained):
         reviews.append({"row": row, "kind": kind, "label": int(labels[row]),

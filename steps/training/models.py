@@ -272,8 +272,12 @@ class LoadedClassifier:
 
 
 @contextmanager
-def loaded(blob: bytes):
-    """The classifier that `pack_directory` packed, unpacked and loaded once for all its users (the evaluate step:
-    ONNX export, PyTorch scoring, explanations); its directory is removed afterwards."""
-    with unpacked(blob) as model_dir:
+def loaded(classifier):
+    """The classifier that `pack_directory` packed (bytes), unpacked and loaded once for all its users (the evaluate
+    step: ONNX export, PyTorch scoring, explanations); its directory is removed afterwards. A LoadedClassifier is
+    used as it is, so a function may take either."""
+    if isinstance(classifier, LoadedClassifier):
+        yield classifier
+        return
+    with unpacked(classifier) as model_dir:
         yield LoadedClassifier(model_dir, load_classifier(model_dir).eval(), load_tokenizer(model_dir))

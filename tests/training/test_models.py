@@ -90,3 +90,19 @@ def test_a_broken_model_directory_still_fails_at_the_check(tiny_model_dir, tmp_p
     unknown_type = _variant(tiny_model_dir, tmp_path / "unknown-type", config={"model_type": "no-such-model"})
     with pytest.raises(ValueError, match="no-such-model|Unrecognized"):
         position_limit(str(unknown_type))
+
+
+def test_a_packed_classifier_is_loaded_once_and_a_loaded_one_is_passed_through(tiny_model_dir, tmp_path):
+    """steps.training.models.loaded: bytes are unpacked and loaded (the directory lives while in use); a classifier
+    already loaded is handed back as it is, not loaded again."""
+    from steps.training.models import LoadedClassifier, load_classifier, load_tokenizer, loaded, pack_directory
+
+    load_classifier(str(tiny_model_dir)).save_pretrained(tmp_path / "c")
+    load_tokenizer(str(tiny_model_dir)).save_pretrained(tmp_path / "c")
+    with loaded(pack_directory(tmp_path / "c")) as model:
+        assert isinstance(model, LoadedClassifier) and (Path(model.directory) / "config.json").exists()
+        assert not model.model.training and model.tokenizer("great")["input_ids"]
+        with loaded(model) as again:
+            assert again is model
+        directory = model.directory
+    assert not Path(directory).exists()
