@@ -72,10 +72,11 @@ class ReviewFlow(FlowSpec):
         from steps.data.drift import require_no_drift
         from steps.data.validate import require_valid, run_data_checks
         from steps.lifecycle import retrain
+        from steps.training.models import load_tokenizer
 
         with step_run(self, "validate") as run:
             report, drift = run_data_checks(run, self.reviews, self.review_origin, self.ingest_rejects,
-                                            self.max_bad_fraction, self.model_name, self.seed)
+                                            self.max_bad_fraction, self.model_name, self.seed, load_tokenizer)
             current.card.extend(validation_card(report, drift, run.run_id, self.fail_on_drift))
             render_card_now("validation")  # a card also for a run that fails below
             require_valid(report, self.data)
@@ -187,7 +188,7 @@ class ReviewFlow(FlowSpec):
     @retry(times=1, minutes_between_retries=1)
     @step
     def end(self):
-        from steps.runtime.report import close_flow_run
+        from steps.lifecycle.report import close_flow_run
 
         with closing_flow_run(self):
             trained = self.route != "unchanged"

@@ -91,7 +91,7 @@ def resume_hint(flow) -> str:
     run explicitly, with the datastore when it is not the default."""
     from metaflow.metaflow_config import DEFAULT_DATASTORE
 
-    from steps.runtime.report import script
+    from steps.lifecycle.report import script
 
     retries = retries_of_current_step(flow)
     if current.retry_count < retries:

@@ -185,7 +185,7 @@ def profile_features(profile: dict, frame, tokenizer=None, seed: int = 0) -> tup
     feature only when `frame` has labels (an inference log has predictions instead)."""
     import numpy as np
 
-    from steps.training.tokenize import encode
+    from steps.data.tokens import encode
 
     reference = profile["features"]
     texts = frame[TEXT_COLUMN]

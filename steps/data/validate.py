@@ -334,9 +334,13 @@ def log_validation(run, report: ValidationReport) -> None:
     run.tags({"validation": "passed" if report.success else "failed"})
 
 
-def run_data_checks(run, frame, origin, rejected, max_bad_fraction: float, registered_model: str, seed: int = 0):
+def run_data_checks(run, frame, origin, rejected, max_bad_fraction: float, registered_model: str, seed: int = 0,
+                    load_tokenizer=None):
     """The validate step: validate, log the report (GX result, Data Docs, quarantine), and, when the data
     passed, compare it with the champion's training profile and log the drift figures.
+
+    load_tokenizer: name -> tokenizer, for the token features of the drift check (the caller's, so that this data
+    layer does not import the models'; without it those features are skipped and the report says so).
 
     Returns (ValidationReport, DriftReport or None); raises nothing for bad data, so the caller can show the
     report first and then call require_valid / require_no_drift.
@@ -344,7 +348,6 @@ def run_data_checks(run, frame, origin, rejected, max_bad_fraction: float, regis
     import tempfile
 
     from steps.data.drift import check_drift, log_drift
-    from steps.training.models import load_tokenizer
 
     with tempfile.TemporaryDirectory(prefix="reviewflow-data-docs-") as docs_dir:
         report = validate_reviews(frame, max_bad_fraction, origin, rejected, docs_dir)

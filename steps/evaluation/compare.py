@@ -360,7 +360,7 @@ def table_lines(rows: list[dict]) -> list[str]:
 
 def accuracy_latency_plot(rows: list[dict]) -> bytes:
     """Test accuracy against latency at batch 1 (log scale), one labelled point per candidate (± std with CV)."""
-    from steps.evaluation.plots import SINGLE, figure, png
+    from steps.runtime.plots import SINGLE, figure, png
 
     fig, ax = figure(SINGLE)
     for row in ranked(rows):

@@ -159,7 +159,7 @@ def evaluate_served_model(run, parent_run_id: str, classifier, tokens, test_rows
 
     from schemas import LABEL_COLUMN
     from steps.evaluation.gate import judge_evaluation, with_baseline
-    from steps.lifecycle.promotion import CHAMPION, alias_version
+    from steps.runtime.tracking import CHAMPION, alias_version
     from steps.serving.package import ParityRules, build_served_model, find_served_model
     from steps.training.models import loaded
 

@@ -334,7 +334,7 @@ def monitor_plots(report: MonitorReport) -> dict[str, bytes]:
     """PNG figures: the input features (training vs logged shares per bin) and the prediction side."""
     import numpy as np
 
-    from steps.evaluation.plots import figure, png
+    from steps.runtime.plots import figure, png
 
     plots = {}
     if report.input_features:

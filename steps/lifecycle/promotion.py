@@ -30,9 +30,8 @@ from datetime import UTC, datetime
 
 from steps.runtime import faults
 from steps.runtime.errors import ReviewflowError
+from steps.runtime.tracking import CHAMPION, alias_version  # promotion.CHAMPION/alias_version: flows and tests use them
 
-CHAMPION = "champion"
-CHALLENGER = "challenger"
 AUDIT_PREFIX = "audit."
 REASON_LIMIT = 2000  # characters of a user's reason kept in an audit entry
 ACTIONS = ("auto", "promote", "force", "rollback")
@@ -58,15 +57,6 @@ class Move:
 
 def current_user() -> str:
     return os.environ.get("METAFLOW_USER") or os.environ.get("USERNAME") or os.environ.get("USER") or "unknown"
-
-
-def alias_version(mlflow_client, name: str, alias: str) -> int | None:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return int(mlflow_client.get_model_version_by_alias(name, alias).version)
-    except MlflowException:
-        return None
 
 
 def resolve_version(mlflow_client, name: str, version: str | int) -> int:

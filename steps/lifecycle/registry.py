@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from steps.lifecycle.promotion import CHALLENGER, CHAMPION, ChampionChanged, alias_version, promote
+from steps.lifecycle.promotion import ChampionChanged, promote
 from steps.runtime import faults
+from steps.runtime.tracking import CHALLENGER, CHAMPION, alias_version
 
 
 @dataclass

@@ -68,7 +68,7 @@ def _differences(ours: dict, theirs: dict) -> list[str]:
 
 def should_retrain(mlflow_client, registered_model: str, inputs: dict, force: bool = False) -> RetrainDecision:
     """Train unless the champion of `registered_model` was trained on the same inputs (or `force`)."""
-    from steps.lifecycle.promotion import CHAMPION, alias_version
+    from steps.runtime.tracking import CHAMPION, alias_version
 
     ours = training_signature(inputs)
     champion = alias_version(mlflow_client, registered_model, CHAMPION)

@@ -16,6 +16,8 @@ from schemas import LABEL_COLUMN
 
 EXPERIMENT = "reviewflow"
 METRIC_BATCH = 200  # MLflow's log_batch accepts up to 1000 metrics per call
+CHAMPION = "champion"  # the registry aliases: what serves, and the newest candidate (steps/lifecycle/promotion.py)
+CHALLENGER = "challenger"
 
 
 def resolve_tracking_uri() -> str:
@@ -315,3 +317,13 @@ def log_dataset(mlflow_client, run_ids: list[str], frame, fingerprint: str, sour
     dataset_input = _create_dataset_input(dataset, context, {"fingerprint": fingerprint})
     for run_id in run_ids:
         mlflow_client.log_inputs(run_id, datasets=[dataset_input])
+
+
+def alias_version(mlflow_client, name: str, alias: str) -> int | None:
+    """The version of registered model `name` that holds `alias`, or None (no such alias or model)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return int(mlflow_client.get_model_version_by_alias(name, alias).version)
+    except MlflowException:
+        return None

@@ -7,10 +7,10 @@ def fine_tune(run, model: str, tokens: dict, config, checkpoints=None):
     """(TrainResult, the classifier as tar bytes, training plots {file name: PNG}) for `model` on `tokens`."""
     import tempfile
 
-    from steps.evaluation.plots import training_plots
     from steps.training.device import seed_everything
     from steps.training.loop import train_classifier
     from steps.training.models import load_classifier, load_tokenizer, pack_directory
+    from steps.training.plots import training_plots
 
     run.params(config.as_params())
     seed_everything(config.seed)  # the new classification head's initial weights come from the seed

@@ -47,7 +47,7 @@ def parse_recipe(text: str) -> dict:
 
 def kept(history: list[dict], rule: str) -> int:
     """The epoch the engine keeps under --best-epoch-by `rule`, from the unrounded history."""
-    from steps.training.loop import epoch_score
+    from steps.training.validation import epoch_score
 
     return min(history, key=lambda h: epoch_score(h, rule))["epoch"]
 

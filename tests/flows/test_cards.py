@@ -8,12 +8,12 @@ import torch
 from flowkit.cards.evaluation import evaluation_card
 from flowkit.cards.training import training_card
 from steps.data.split import split_reviews
-from steps.evaluation.plots import training_plots
 from steps.training.checkpoints import CheckpointStore
 from steps.training.config import TrainConfig
 from steps.training.device import seed_everything
 from steps.training.loop import train_classifier
 from steps.training.models import load_classifier
+from steps.training.plots import training_plots
 from steps.training.tokenize import encode, tokenize_split
 from tests.fixtures import review_frame
 
@@ -142,7 +142,7 @@ def test_evaluation_plots_fit_a_laptop_screen():
 
 
 def test_png_of_the_step_curves_marks_out_of_memory_and_survives_a_downsampled_history():
-    from steps.evaluation.plots import step_curves
+    from steps.training.plots import step_curves
 
     history = {"step": list(range(2, 2001, 2)), "loss": list(np.linspace(0.7, 0.1, 1000)),
                "learning_rate": list(np.linspace(5e-5, 0, 1000)), "micro_batch_size": [16] * 1000, "stride": 2}

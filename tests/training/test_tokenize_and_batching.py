@@ -61,7 +61,7 @@ def test_word_piece_cache_gives_the_tokenizers_ids(tiny_tokenizer):
     token's text), gets exactly the tokenizer's ids, truncation included."""
     import random
 
-    from steps.training.tokenize import WordPieceCache, _encode_with
+    from steps.data.tokens import WordPieceCache, _encode_with
 
     rng = random.Random(0)
     characters = [chr(i) for i in range(128)]
@@ -82,7 +82,7 @@ def test_other_tokenizers_take_the_general_path():
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    from steps.training.tokenize import WordPieceCache
+    from steps.data.tokens import WordPieceCache
 
     vocab = {"[UNK]": 0, "[PAD]": 1, "great": 2, "phone": 3}
     backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))

@@ -8,10 +8,11 @@ from steps.training.batching import collate
 from steps.training.checkpoints import CheckpointStore
 from steps.training.config import TrainConfig
 from steps.training.device import seed_everything
-from steps.training.loop import evaluate_loss, train_classifier
+from steps.training.loop import train_classifier
 from steps.training.models import load_classifier
 from steps.training.setup import inverse_frequency_weights, linear_warmup_decay
 from steps.training.tokenize import tokenize_split
+from steps.training.validation import evaluate_loss
 from tests.fixtures import review_frame
 
 

@@ -7,7 +7,7 @@ import pytest
 
 from steps.evaluation.metrics import classification_metrics, compare_with_champion
 from steps.lifecycle.registry import Registration
-from steps.runtime.report import RunReport, mlflow_runs, script
+from steps.lifecycle.report import RunReport, mlflow_runs, script
 
 VALIDATION = {"rows_in": 3708, "rows_clean": 3610, "rows_quarantined": 98, "bad_fraction": 98 / 3708}
 SPLIT = {"train": 2524, "validation": 365, "test": 721}
