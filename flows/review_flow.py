@@ -30,6 +30,7 @@ class ReviewFlow(FlowSpec):
     @step
     def start(self):
         from steps import settings
+        from steps.data.ingest import check_data_option
         from steps.lifecycle.environments import describe, registered_model_name
         from steps.runtime import tracking
         from steps.training.config import TrainConfig
@@ -37,6 +38,7 @@ class ReviewFlow(FlowSpec):
 
         fault_point()
         settings.check(setting_values(self, *settings.GROUPS))  # also when started other than from the CLI
+        check_data_option(self.data)  # a local path that is not there fails here, before any work
         check_max_length(self.model, self.max_length)  # before any data is read, not deep in the encoder
         self.train_config = TrainConfig.from_values(setting_values(self, "training"))
         self.model_name = registered_model_name(self.registered_model, current.branch_name)  # this branch's model

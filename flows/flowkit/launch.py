@@ -44,11 +44,66 @@ def with_run_defaults(argv: list[str], defaults: dict) -> list[str]:
     return [*argv[:at], *added, *argv[at:]]
 
 
+USER_ERRORS = "REVIEWFLOW_USER_ERRORS"  # where a run's step processes leave the messages of their ReviewflowErrors
+
+
+def launches_a_run(argv: list[str]) -> bool:
+    """True for `flow.py [options] run|resume ...`, the process that starts the step processes (`... step NAME`)."""
+    command = next((arg for arg in argv[1:] if arg in ("run", "resume", "step")), None)
+    return command in ("run", "resume")
+
+
+def record_user_error(message: str) -> None:
+    """In a step process: leave `message` for the process that launched the run (see `main`)."""
+    path = os.environ.get(USER_ERRORS)
+    if path:
+        with open(path, "a", encoding="utf-8") as out:
+            out.write(message.replace("\0", " ") + "\0")
+
+
+def recorded_user_errors(path: str) -> list[str]:
+    """The messages the run's steps left, each once, in order, without a retried attempt's "not run again" note."""
+    from flowkit.step_runs import NOT_RUN_AGAIN
+
+    try:
+        with open(path, encoding="utf-8") as source:
+            messages = [m.split(NOT_RUN_AGAIN)[0].rstrip() for m in source.read().split("\0") if m.strip()]
+    except OSError:
+        return []
+    return list(dict.fromkeys(messages))
+
+
 def main(flow_class, run_defaults: dict | None = None) -> None:
-    """`if __name__ == "__main__": main(ReviewFlow)`: prepare the environment, then hand over to Metaflow."""
+    """`if __name__ == "__main__": main(ReviewFlow)`: prepare the environment, then hand over to Metaflow.
+
+    A run that a user's mistake stops (a ReviewflowError: bad data, option, path, model, credentials) ends with
+    that message as its last line and a non-zero exit, with no traceback; any other failure keeps its traceback.
+    The step processes print the message in place of Metaflow's "Internal error" and leave it in a file that the
+    launching process prints after Metaflow's own failure lines.
+    """
     import sys
+    import tempfile
+
+    from flowkit.metaflow_internals import print_user_errors_plainly
 
     prepare_environment()
     if run_defaults:
         sys.argv = with_run_defaults(sys.argv, run_defaults)
-    flow_class()
+    if not launches_a_run(sys.argv):
+        print_user_errors_plainly(flow_class, record=record_user_error)
+        flow_class()
+        return
+    print_user_errors_plainly(flow_class)  # an error in this process is printed last by Metaflow itself
+    handle, path = tempfile.mkstemp(prefix="reviewflow-user-errors-")
+    os.close(handle)
+    os.environ[USER_ERRORS] = path  # a run launched from inside a step gets its own file
+    try:
+        flow_class()
+    except SystemExit as stop:
+        messages = recorded_user_errors(path) if stop.code not in (0, None) else []
+        if messages:
+            sys.stdout.flush()
+            print("\n".join(messages), file=sys.stderr, flush=True)
+        raise
+    finally:
+        os.unlink(path)

@@ -17,6 +17,9 @@ look for a public replacement first.
 - rendering a card synchronously: Metaflow renders a task's cards when the task succeeds, and
   `current.card.refresh()` renders in a background process that Metaflow kills when the task fails. A step
   that explains a failure in its card (validate, on bad data) must write it before it raises.
+- how a failed step's exception is printed: Metaflow prints any exception that is not its own as "Internal error"
+  with a traceback. A ReviewflowError is a problem the user can fix, and its message says what to do; it is
+  printed as that message alone. Every other exception keeps Metaflow's "Internal error" and its traceback.
 """
 from __future__ import annotations
 
@@ -73,3 +76,29 @@ def ensure_local_datastore() -> None:
     if any((folder / DATASTORE_LOCAL_DIR).is_dir() for folder in (here, *here.parents)):
         return
     os.makedirs(here / DATASTORE_LOCAL_DIR, exist_ok=True)
+
+
+def print_user_errors_plainly(flow_class, record=None) -> None:
+    """Print a ReviewflowError that ends this process as its message, without "Internal error" and traceback
+    (Metaflow's CLI prints any other exception as before); `record(message)` is called with it too."""
+    from metaflow import parameters
+
+    while hasattr(flow_class, "_flow_cls"):  # a flow decorator (FlowMutator) stands in for the FlowSpec class
+        flow_class = flow_class._flow_cls
+    with parameters.flow_context(flow_class):  # Metaflow's CLI builds its options for the flow it is imported for
+        import metaflow.cli as metaflow_cli
+
+    from steps.runtime.errors import ReviewflowError
+
+    original = getattr(metaflow_cli.print_unknown_exception, "__wrapped__", metaflow_cli.print_unknown_exception)
+
+    def print_unknown_exception(ex):
+        if not isinstance(ex, ReviewflowError):
+            return original(ex)
+        message = str(ex)
+        metaflow_cli.echo_always(message, indent=True, bold=False, padding_bottom=True)
+        if record is not None:
+            record(message)
+
+    print_unknown_exception.__wrapped__ = original
+    metaflow_cli.print_unknown_exception = print_unknown_exception

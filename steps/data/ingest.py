@@ -226,6 +226,20 @@ def _read_files(paths: list[Path], options: IngestOptions, chunk_rows: int):
     return frame, origin, rejects, reads, (mapper.counts if options.labels.explicit else {})
 
 
+def check_data_option(data: str) -> None:
+    """What can be told about `--data` before any work (ReviewFlow's start step): a sample's name, and a local
+    file or directory that exists and holds files of a readable type. s3:// inputs are listed by the ingest
+    step, which has the credentials and endpoint for them."""
+    if data.startswith("s3://"):
+        return
+    if data.startswith(SAMPLE_PREFIX):
+        from steps.data.samples import sample_spec
+
+        sample_spec(data[len(SAMPLE_PREFIX):])
+        return
+    input_files(data)
+
+
 def load_reviews(data: str, max_rows: int = 0, seed: int = 0, options: IngestOptions | None = None,
                  chunk_rows: int = CHUNK_ROWS) -> IngestResult:
     """Read `data` (file, directory or `sample:<name>`), canonicalize, optionally subsample, fingerprint."""

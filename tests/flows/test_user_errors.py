@@ -1,0 +1,64 @@
+"""A user's mistake ends a run with its message as the last line, no traceback and no "Internal error", and a
+non-zero exit; a real bug keeps its traceback. Real runs of `python flows/review_flow.py run` (flowkit/launch.py)."""
+import subprocess
+import sys
+
+from flowkit.launch import launches_a_run, record_user_error, recorded_user_errors
+from tests.fixtures import review_frame
+from tests.flow_runs import FLOWS, flow_env
+
+
+def launch(workdir, *args, **env):
+    workdir.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run([sys.executable, str(FLOWS / "review_flow.py"), "run", *args], cwd=workdir,
+                          env=flow_env(workdir, **env), capture_output=True, text=True, timeout=300)
+    lines = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
+    return done.returncode, lines
+
+
+def test_a_missing_data_file_stops_in_start_with_only_the_message_last(tmp_path):
+    missing = tmp_path / "nosuchfile.csv"
+    code, lines = launch(tmp_path / "work", "--data", str(missing))
+    assert code != 0
+    assert lines[-1] == f"--data {missing}: no such file or directory"
+    text = "\n".join(lines)
+    assert "Traceback" not in text and "Internal error" not in text
+    assert "/start/" in text and "/ingest/" not in text  # checked before any work
+
+
+def test_bad_data_found_by_a_retried_step_ends_with_its_message_once(tmp_path):
+    data = tmp_path / "columns.csv"
+    data.write_text("a,b\n1,2\n")
+    code, lines = launch(tmp_path / "work", "--data", str(data))
+    assert code != 0
+    assert lines[-1].startswith(f"{data}: missing required column(s): no 'reviewText' column")
+    assert sum(line.startswith(str(data)) for line in lines) == 1  # the step's own lines carry a prefix
+    text = "\n".join(lines)
+    assert "Traceback" not in text and "Internal error" not in text
+    assert text.count("not run again, the previous attempt stopped on bad input") == 2  # ingest's @retry
+
+
+def test_a_bug_keeps_its_traceback(tmp_path):
+    data = tmp_path / "reviews.csv"
+    review_frame(20).to_csv(data, index=False)
+    code, lines = launch(tmp_path / "work", "--data", str(data), REVIEWFLOW_FAIL_AT="start")
+    text = "\n".join(lines)
+    assert code != 0 and "Traceback" in text and "InjectedFault" in text
+    assert lines[-1].strip() == "Step start (task-id 1) failed."  # Metaflow's own last line: nothing recorded
+
+
+def test_which_process_launches_a_run():
+    assert launches_a_run(["flow.py", "run", "--data", "x"])
+    assert launches_a_run(["flow.py", "--datastore=s3", "resume", "--origin-run-id", "1"])
+    assert not launches_a_run(["flow.py", "--quiet", "step", "ingest", "--run-id", "1"])
+    assert not launches_a_run(["flow.py", "show"])
+
+
+def test_recorded_messages_come_back_once_each_without_the_retry_note(tmp_path, monkeypatch):
+    path = tmp_path / "errors"
+    monkeypatch.setenv("REVIEWFLOW_USER_ERRORS", str(path))
+    record_user_error("--data x: no such file")
+    record_user_error("--data x: no such file\n(attempt 2: not run again, the previous attempt stopped ...)")
+    record_user_error("a message\nover two lines")
+    assert recorded_user_errors(str(path)) == ["--data x: no such file", "a message\nover two lines"]
+    assert recorded_user_errors(str(tmp_path / "none")) == []
