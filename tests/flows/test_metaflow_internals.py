@@ -30,6 +30,20 @@ def test_the_card_render_call_keeps_its_signature():
     assert params[:3] == ["self", "mode", "sync"], f"current.card[id]._card_proc(mode, sync) changed: {params}"
 
 
+def test_the_exception_printer_is_still_looked_up_at_call_time():
+    """print_user_errors_plainly replaces metaflow.cli.print_unknown_exception, which cli.main must call by name;
+    tests/flows/test_user_errors.py runs it for real."""
+    import importlib.util
+    from pathlib import Path
+
+    from metaflow import parameters
+
+    assert hasattr(parameters, "flow_context"), "metaflow.parameters.flow_context is gone (print_user_errors_plainly)"
+    source = Path(importlib.util.find_spec("metaflow.cli").origin).read_text()  # importing it needs a flow
+    assert "def print_unknown_exception(ex)" in source and "print_unknown_exception(x)" in source, (
+        "metaflow.cli.main no longer calls print_unknown_exception (print_user_errors_plainly)")
+
+
 def test_every_internal_call_works_in_a_real_run(tmp_path):
     from metaflow.cards import get_cards
 
