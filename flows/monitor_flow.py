@@ -114,7 +114,7 @@ class MonitorFlow(FlowSpec):
                 report.notes.append(note)
             self.plots = monitor.monitor_plots(report)
             run.metrics(report.metrics())
-            run.tags({"drift": str(report.drift).lower(), "drift_status": report.status})
+            run.tags({"drift": report.drift_tag, "drift_status": report.status})
             run.json({**report.as_dict(), "window": self.window}, "monitoring/report.json")
             for name, png in self.plots.items():
                 run.image(png, f"monitoring/{name}")
@@ -163,7 +163,7 @@ class MonitorFlow(FlowSpec):
             self.watermark = (self.window["newest_file"] or self.previous_watermark) if judged_or_final \
                 else self.previous_watermark
             mlflow_client = tracking.client(self.tracking_uri)
-            for key, value in {"drift": str(report.drift).lower(), "drift_status": report.status,
+            for key, value in {"drift": report.drift_tag, "drift_status": report.status,
                                monitor.WATERMARK_TAG: self.watermark, "monitor_action": self.action[:5000]}.items():
                 mlflow_client.set_tag(self.mlflow_run_id, key, value)
             current.card.extend(monitoring_card(report, self.window, self.plots, self.action, self.mlflow_run_id,

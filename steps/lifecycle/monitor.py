@@ -248,11 +248,19 @@ class MonitorReport:
         return self.status in LEVELS
 
     @property
+    def drift_tag(self) -> str:
+        """The `drift` tag: true, false, or not_judged (too few records, no champion or profile), so that a
+        dashboard never reads "no drift" where nothing was compared."""
+        return str(self.drift).lower() if self.judged else "not_judged"
+
+    @property
     def drifted(self) -> list[str]:
         return [f["name"] for f in self.input_features + self.prediction_features if f["level"] == "drift"]
 
     def metrics(self) -> dict:
-        out = {"records": self.records, "drift": int(self.drift)}
+        out = {"records": self.records}
+        if self.judged:  # a 0 would plot as "no drift" where nothing was compared
+            out["drift"] = int(self.drift)
         out.update({f"drift_psi_{f['name']}": f["psi"] for f in self.input_features})
         out.update({f"prediction_{f['name']}_{f['measure'].lower()}": f["value"] for f in self.prediction_features})
         if self.positive_share is not None:
@@ -282,7 +290,8 @@ class MonitorReport:
         return "\n".join(lines)
 
     def as_dict(self) -> dict:
-        return {**self.__dict__, "drift": self.drift, "drifted": self.drifted, "thresholds": thresholds()}
+        return {**self.__dict__, "drift": self.drift, "judged": self.judged, "drift_tag": self.drift_tag,
+                "drifted": self.drifted, "thresholds": thresholds()}
 
 
 def thresholds() -> dict:

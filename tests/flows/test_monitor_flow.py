@@ -179,7 +179,11 @@ def test_a_check_without_new_records_claims_nothing(monitored):
     assert "Too few new records to judge drift: 0 since the last check" in executing.stdout
     assert run.data.previous_watermark == previous.data.watermark == run.data.watermark
     assert run.data.action == "none: not judged"
-    assert mlflow_parent(uri, run)[1].data.tags["drift"] == "false"
+    parent = mlflow_parent(uri, run)[1]
+    assert parent.data.tags["drift"] == "not_judged" and parent.data.tags["drift_status"] == "too_few"
+    check = [r for r in store_client(uri).search_runs([parent.info.experiment_id],
+                                                      f"tags.mlflow.parentRunId = '{parent.info.run_id}'")]
+    assert [r.data.tags["drift"] for r in check] == ["not_judged"] and "drift" not in check[0].data.metrics
 
 
 def test_drift_with_retrain_starts_review_flow(monitored):

@@ -79,10 +79,11 @@ def test_without_the_test_split_the_low_confidence_share_has_a_fixed_threshold(p
 
 def test_too_few_records_or_no_champion_claim_nothing(profile, tiny_tokenizer):
     few = check(like_training(rows=40), profile, tiny_tokenizer)
-    assert (few.status, few.drift, few.judged) == ("too_few", False, False)
+    assert (few.status, few.drift, few.judged, few.drift_tag) == ("too_few", False, False, "not_judged")
+    assert "drift" not in few.metrics() and few.metrics()["records"] == 40  # no 0 that plots as "no drift"
     assert "Too few new records to judge drift: 40 since the last check, at least 200 needed" in few.describe()
     nothing = monitor.check_window(like_training(), None, None, "'review-classifier' has no champion yet")
-    assert (nothing.status, nothing.drift) == ("no_champion", False)
+    assert (nothing.status, nothing.drift, nothing.drift_tag) == ("no_champion", False, "not_judged")
     assert nothing.describe() == "Drift not checked: 'review-classifier' has no champion yet"
 
 
