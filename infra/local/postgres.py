@@ -3,10 +3,14 @@
 The cluster is made with a random password for one role (scram-sha-256, no trust), listens on 127.0.0.1 only,
 keeps its socket in the state folder, and gets the databases asked for. PostgreSQL refuses to run as root: when
 this process is root, the server runs as the `postgres` system user that Debian's `postgresql` package creates.
+That user must reach the folder: when a directory above it is closed to it (root's 0700 home, a 0700 temp folder),
+the cluster's files go to a folder of their own under that user's home instead, named after the state folder (so
+the same state folder finds the same cluster again), and the state folder says where (`server-files`).
 """
 from __future__ import annotations
 
 import glob
+import hashlib
 import os
 import secrets
 import shutil
@@ -70,6 +74,52 @@ def _give_to_server_user(path: Path) -> None:
         shutil.chown(path, SERVER_USER, SERVER_USER)
 
 
+def _server_user_reaches(path: Path, test: str = "-x") -> bool:
+    if os.geteuid() != 0:
+        return True
+    return subprocess.run(_as_server_user(["test", test, str(path)]), capture_output=True, timeout=30).returncode == 0
+
+
+def _closed_to_server_user(path: Path) -> Path:
+    """The first directory from / down to `path` that the server user cannot enter."""
+    for folder in [*reversed(path.parents), path]:
+        if not _server_user_reaches(folder):
+            return folder
+    return path
+
+
+def server_files(state_dir: Path) -> Path:
+    """Where the cluster's data, log, password file and socket go: `state_dir`, or, when this process is root and
+    the server user cannot reach `state_dir`, a folder of the server user's own (see the module's docstring)."""
+    state_dir = Path(state_dir).resolve()
+    state_dir.mkdir(parents=True, exist_ok=True)
+    _give_to_server_user(state_dir)
+    if _server_user_reaches(state_dir) and _server_user_reaches(state_dir, "-w"):
+        return state_dir
+    import pwd
+
+    closed = _closed_to_server_user(state_dir)
+    home = Path(pwd.getpwnam(SERVER_USER).pw_dir)
+    moved = home / "reviewflow-clusters" / hashlib.sha256(str(state_dir).encode()).hexdigest()[:16]
+    try:
+        moved.mkdir(parents=True, exist_ok=True)
+        for folder in (moved.parent, moved):
+            _give_to_server_user(folder)
+        moved.chmod(0o700)
+    except OSError as err:
+        raise ServiceError(f"PostgreSQL runs as the '{SERVER_USER}' user here (this process is root), and that user "
+                           f"cannot enter {closed}, so it cannot keep its files in {state_dir}; {moved} could not be "
+                           f"made either ({err}). Pass a --state-dir that user can reach (e.g. --state-dir "
+                           f"/var/tmp/reviewflow-services), or start the services as an ordinary user.") from None
+    if not (_server_user_reaches(moved) and _server_user_reaches(moved, "-w")):
+        raise ServiceError(f"PostgreSQL runs as the '{SERVER_USER}' user here (this process is root), and that user "
+                           f"can reach neither {state_dir} ({closed} is closed to it) nor {moved}. Pass a --state-dir "
+                           f"it can reach (e.g. --state-dir /var/tmp/reviewflow-services), or start the services as "
+                           f"an ordinary user.")
+    (state_dir / "server-files").write_text(f"{moved}\n(the '{SERVER_USER}' user cannot enter {closed})\n")
+    return moved
+
+
 def _run(cmd: list[str], what: str) -> None:
     done = subprocess.run(_as_server_user(cmd), capture_output=True, text=True, timeout=300)
     if done.returncode != 0:
@@ -81,14 +131,12 @@ def start_postgres(state_dir: Path, databases: tuple = ("mlflow",), port: int | 
     """Initialize (first time) and start a cluster in `state_dir`; create `databases`; return once it answers."""
     import psycopg2
 
-    state_dir = Path(state_dir)
-    state_dir.mkdir(parents=True, exist_ok=True)
     if port and not port_free(port):
         raise ServiceError(f"port {port} on {HOST} is in use; choose another PostgreSQL port (--postgres-port)")
     port = port or free_port()
     bin_dir = binaries()
+    state_dir = server_files(state_dir)  # checked before anything starts
     data_dir, log, password_file = state_dir / "data", state_dir / "postgres.log", state_dir / "password"
-    _give_to_server_user(state_dir)
     if not (data_dir / "PG_VERSION").exists():
         password = secrets.token_urlsafe(24)
         password_file.write_text(password)
