@@ -59,8 +59,9 @@ class CompareFlow(FlowSpec):
                                                      flow_parameters(self))
         folds = f"{self.cv_folds}-fold grouped cross-validation" if self.cv_folds else "one grouped split"
         rows = "all rows" if not self.max_rows else f"{self.max_rows} rows"
+        epochs = f"{self.epochs} epoch(s)" if self.epochs else "each model's recipe of epochs"
         print(f"Plan: compare {', '.join(c.spec for c in self.candidates)} on {rows} of {self.data} ({folds}); "
-              f"{self.epochs} epoch(s), batch {self.batch_size}, lr {self.learning_rate}, max_length "
+              f"{epochs}, batch {self.batch_size}, lr {self.learning_rate}, max_length "
               f"{self.max_length}, seed {self.seed}.\nMLflow: {self.tracking_uri} (run {self.mlflow_run_id}).")
         self.next(self.ingest)
 

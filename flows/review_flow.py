@@ -33,21 +33,31 @@ class ReviewFlow(FlowSpec):
         from steps.data.ingest import check_data_option
         from steps.lifecycle.environments import describe, registered_model_name
         from steps.runtime import tracking
+        from steps.training.auto_model import choose_model, recipe_values
         from steps.training.config import TrainConfig
         from steps.training.models import check_max_length
 
         fault_point()
         settings.check(setting_values(self, *settings.GROUPS))  # also when started other than from the CLI
         check_data_option(self.data)  # a local path that is not there fails here, before any work
-        check_max_length(self.model, self.max_length)  # before any data is read, not deep in the encoder
+        choice = choose_model(self.model, train_step_capabilities())
+        self.model_choice, self.base_model = choice.as_dict(), choice.model  # what this run trains, and why
+        self.resolved_settings = {"model": choice.model,
+                                  "epochs": recipe_values(choice.model, {"epochs": self.epochs})["epochs"]}
+        check_max_length(self.base_model, self.max_length)  # before any data is read, not deep in the encoder
         self.train_config = TrainConfig.from_values(setting_values(self, "training"))
         self.model_name = registered_model_name(self.registered_model, current.branch_name)  # this branch's model
         self.tracking_uri = tracking.resolve_tracking_uri()
         self.mlflow_run_id = tracking.start_flow_run(
-            self.tracking_uri, current.flow_name, current.run_id, flow_parameters(self))
+            self.tracking_uri, current.flow_name, current.run_id,
+            {**flow_parameters(self), **{f"{k}.resolved": v for k, v in self.resolved_settings.items()},
+             "model.why": choice.why})
         rows = "all rows" if not self.max_rows else f"{self.max_rows} rows"
-        print(f"Plan: fine-tune {self.model} on {rows} of {self.data} for {self.epochs} epoch(s), "
-              f"batch {self.batch_size}, lr {self.learning_rate}, max_length {self.max_length}, seed {self.seed}.\n"
+        epochs = self.train_config.epochs
+        print(f"Model: {self.base_model} ({choice.why}{'; ' + choice.machine if choice.machine else ''}).\n"
+              f"Plan: fine-tune {self.base_model} on {rows} of {self.data} for {epochs} epoch(s)"
+              f"{' (its recipe: --epochs 0)' if not self.epochs else ''}, batch {self.batch_size}, "
+              f"lr {self.learning_rate}, max_length {self.max_length}, seed {self.seed}.\n"
               f"MLflow: {self.tracking_uri} (run {self.mlflow_run_id}); registers into "
               f"{describe(self.registered_model, current.branch_name)}.")
         self.next(self.ingest)
@@ -85,7 +95,8 @@ class ReviewFlow(FlowSpec):
             print(drift.describe())
             require_no_drift(drift, self.fail_on_drift)
             self.training_inputs = retrain.training_inputs(self.fingerprint, setting_values(self, *retrain.GROUPS))
-            decision = retrain.should_retrain(run.client, self.model_name, self.training_inputs, self.force_retrain)
+            decision = retrain.should_retrain(run.client, self.model_name, self.training_inputs, self.force_retrain,
+                                              why={"model": self.model_choice["why"]})
             run.tags({"retrain": decision.route, "retrain_reason": decision.reason})
         self.clean, self.quarantine, self.validation = report.clean, report.quarantine, report.metrics()
         self.drift, self.retrain_reason, self.route = drift.as_dict(), decision.reason, decision.route
@@ -114,7 +125,7 @@ class ReviewFlow(FlowSpec):
         with step_run(self, "tokenize") as run:
             frames = {"train": self.train_rows, "validation": self.validation_rows, "test": self.test_rows}
             self.tokens, self.token_stats, self.training_profile = tokenize_and_profile(
-                run, frames, self.model, self.max_length)
+                run, frames, self.base_model, self.max_length)
         print(f"Tokenized: train length mean {self.token_stats['train']['length_mean']}, "
               f"p95 {self.token_stats['train']['length_p95']}.")
         self.next(self.train)
@@ -128,7 +139,7 @@ class ReviewFlow(FlowSpec):
         from steps.training.job import fine_tune
 
         with step_run(self, "train") as run:
-            result, self.classifier, plots = fine_tune(run, self.model, self.tokens, self.train_config,
+            result, self.classifier, plots = fine_tune(run, self.base_model, self.tokens, self.train_config,
                                                        training_checkpoints(self))
         self.train_summary, self.history = result.summary(), result.history
         self.step_history, self.oom_events = result.step_history, result.oom_events  # compact: <= 1000 points
@@ -182,7 +193,7 @@ class ReviewFlow(FlowSpec):
             registration = register_trained_model(
                 run, self.model_name, served.model_uri, metaflow_run=f"{current.flow_name}/{current.run_id}",
                 trained_by=self.trained_by, serving_tags=served.tags(), data_fingerprint=self.fingerprint,
-                base_model=self.model, training_inputs=self.training_inputs, test_metrics=self.test_metrics,
+                base_model=self.base_model, training_inputs=self.training_inputs, test_metrics=self.test_metrics,
                 verdict=self.gate_verdict, promote_mode=self.promote, training_profile=self.training_profile)
         self.registration = registration.__dict__
         self.next(self.end)
@@ -200,8 +211,22 @@ class ReviewFlow(FlowSpec):
                 *((self.split_sizes, self.test_metrics, self.champion_comparison, self.registration,
                    self.gate_verdict["champion_version"]) if trained else ()),
                 registered_model=self.registered_model, branch=current.branch_name,
-                served=self.served_model if trained else None, baseline=self.baseline if trained else None)
+                served=self.served_model if trained else None, baseline=self.baseline if trained else None,
+                model_choice={**self.model_choice, "epochs": self.train_config.epochs})
             print(self.run_summary)
+
+
+def train_step_capabilities():
+    """What `--model auto` may count on where the train step runs: on Argo Workflows (Kubernetes) its
+    @resources(gpu=1) gives it a GPU this start step does not see; elsewhere the steps share this machine (None:
+    look at it)."""
+    from flowkit.events import on_argo
+    from steps.training.auto_model import Capabilities
+
+    if on_argo():
+        return Capabilities(gpu="the train step's @resources(gpu=1) on Kubernetes",
+                            about="Argo Workflows: the train step runs in a pod with a GPU")
+    return None
 
 
 if __name__ == "__main__":

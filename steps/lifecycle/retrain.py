@@ -57,17 +57,19 @@ class RetrainDecision:
 
 
 def _differences(ours: dict, theirs: dict) -> list[str]:
-    def short(value):
-        text = str(value)
-        return text[:12] + "…" if len(text) > 16 else text
+    def short(value, key):
+        text, limit = str(value), (90 if key == "model" else 16)  # two models' ids share a long prefix
+        return text[:limit - 4] + "…" if len(text) > limit else text
 
     keys = sorted(set(ours) | set(theirs))
-    return [f"{k}: {short(theirs.get(k, '(unset)'))} -> {short(ours.get(k, '(unset)'))}"
+    return [f"{k}: {short(theirs.get(k, '(unset)'), k)} -> {short(ours.get(k, '(unset)'), k)}"
             for k in keys if str(ours.get(k)) != str(theirs.get(k))]
 
 
-def should_retrain(mlflow_client, registered_model: str, inputs: dict, force: bool = False) -> RetrainDecision:
-    """Train unless the champion of `registered_model` was trained on the same inputs (or `force`)."""
+def should_retrain(mlflow_client, registered_model: str, inputs: dict, force: bool = False,
+                   why: dict | None = None) -> RetrainDecision:
+    """Train unless the champion of `registered_model` was trained on the same inputs (or `force`). `why`: a
+    sentence per input name, added to the reason when that input changed (e.g. how `--model auto` chose)."""
     from steps.runtime.tracking import CHAMPION, alias_version
 
     ours = training_signature(inputs)
@@ -86,7 +88,9 @@ def should_retrain(mlflow_client, registered_model: str, inputs: dict, force: bo
     if theirs is None:
         return RetrainDecision(True, f"champion v{champion} carries no {SIGNATURE_TAG} to compare with", ours, champion)
     if theirs != ours:
-        return RetrainDecision(True, f"changed since champion v{champion}: " + "; ".join(differences or ["signature"]),
+        explained = [f"{line} ({why[line.split(':', 1)[0]]})" if line.split(":", 1)[0] in (why or {}) else line
+                     for line in differences]
+        return RetrainDecision(True, f"changed since champion v{champion}: " + "; ".join(explained or ["signature"]),
                                ours, champion, differences)
     run = version.tags.get("metaflow_run", "?")
     settings = [k for k in inputs if k not in ("data_fingerprint", "model", "code")]

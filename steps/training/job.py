@@ -12,6 +12,12 @@ def fine_tune(run, model: str, tokens: dict, config, checkpoints=None):
     from steps.training.models import load_classifier, load_tokenizer, pack_directory
     from steps.training.plots import training_plots
 
+    if config.epochs == 0:  # --epochs 0: the model's recipe
+        from dataclasses import replace
+
+        from steps.training.auto_model import recipe_values
+
+        config = replace(config, epochs=recipe_values(model, {"epochs": 0})["epochs"])
     run.params(config.as_params())
     seed_everything(config.seed)  # the new classification head's initial weights come from the seed
     classifier = load_classifier(model)

@@ -69,6 +69,9 @@ def train_classifier(
     `val_tokens` may be None: then no validation, no early stopping, and the last epoch is kept.
     """
     config.validate()
+    if config.epochs < 1:  # the setting's 0 names a recipe, which only the caller that knows the model can read
+        raise ReviewflowError("epochs 0 means the model's recipe: resolve it before training "
+                              "(steps.training.auto_model.recipe_values)")
     seed_everything(config.seed)
     trainer = Trainer(model, train_tokens, val_tokens, config, log=log, checkpoints=checkpoints, on_step=on_step,
                       after_epoch=after_epoch, before_micro_batch=before_micro_batch, progress=progress)

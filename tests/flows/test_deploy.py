@@ -59,7 +59,7 @@ def test_argo_template_has_the_schedule_gpu_image_and_event_trigger(argo_templat
     assert annotations["metaflow/project_name"] == "reviewflow"
     assert annotations["metaflow/branch_name"] == "prod"
     parameters = {p["name"]: p for p in argo_template["spec"]["arguments"]["parameters"]}
-    assert parameters["epochs"]["value"] == "2" and parameters["precision"]["value"] == '"auto"'  # from the settings
+    assert parameters["epochs"]["value"] == "0" and parameters["precision"]["value"] == '"auto"'  # from the settings
     assert argo_template["metadata"]["namespace"] == "reviewflow"
     containers = {t["name"]: t["container"] for t in argo_template["spec"]["templates"] if t.get("container")}
     steps = ["start", "ingest", "validate", "split", "tokenize", "train", "evaluate", "register", "end"]
