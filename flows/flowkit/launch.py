@@ -23,6 +23,9 @@ def prepare_environment() -> None:
         name = _login_name()
         os.environ["USERNAME"] = name if name not in ("", "root") else "reviewflow"
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # nothing leaves the machine unless asked
+    # OpenMP threads that wait sleep instead of spinning: beside another task, spinning threads take the cores the
+    # other one needs (steps/runtime/threads.py sizes the pools). Set here, before any library starts its pool.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     # Library progress bars ("Loading weights", "Writing model shards", artifact downloads) redraw with \r, which
     # a step's piped, line-prefixed log shows as one garbled line per redraw; reviewflow's own progress replaces
     # them.

@@ -25,12 +25,13 @@ NOT_RUN_AGAIN = "\n(attempt "
 @contextmanager
 def step_run(flow, step_name: str):
     """The nested MLflow run of the current step under the flow run's parent MLflow run."""
-    from steps.runtime import tracking
+    from steps.runtime import threads, tracking
 
     same_error = bad_input_of_previous_attempt()
     if same_error:  # @retry cannot be told which errors to retry; bad input gives the same error every time
         raise ReviewflowError(f"{same_error}{NOT_RUN_AGAIN}{current.retry_count + 1}: not run again, the previous "
                               "attempt stopped on bad input or settings, which a retry cannot fix)")
+    threads.take_lease()  # this step's share of the machine's cores, beside the other tasks running on it
     try:
         with tracking.step_run(flow.tracking_uri, flow.mlflow_run_id, step_name, current.pathspec,
                                current.retry_count) as run:
@@ -41,6 +42,8 @@ def step_run(flow, step_name: str):
     except Exception:
         print(resume_hint(flow), flush=True)
         raise
+    finally:
+        threads.release_lease()
 
 
 @contextmanager

@@ -88,8 +88,11 @@ class Scorer:
         else:
             import onnxruntime as ort
 
+            from steps.runtime.threads import onnx_session_options
+
             options = ort.SessionOptions()
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            onnx_session_options(options)  # this task's share of the cores, no spinning beside other tasks
             self.session = ort.InferenceSession(onnx_file, options, providers=["CPUExecutionProvider"])
 
     def probabilities(self, texts: list[str]):

@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable
 from contextlib import contextmanager
 
-from steps.runtime import faults
+from steps.runtime import faults, threads
 from steps.runtime.errors import ReviewflowError
 from steps.training import setup
 from steps.training.batching import bucketed_batches, collate, micro_batches, sorted_batches
@@ -45,6 +45,8 @@ from steps.training.embedding_grads import RowGradients
 from steps.training.first_token import first_token_only
 from steps.training.state import TrainingState, cpu_state_dict, resume_key
 from steps.training.validation import epoch_score, evaluate_loss
+
+REBALANCE_STEPS = 10  # optimizer steps between looks at how many tasks share the cores (steps/runtime/threads.py)
 
 
 def train_classifier(
@@ -199,6 +201,8 @@ class Trainer:
                 pending.append((step, loss, lr, len(rows)))
                 if len(pending) >= group:
                     report()
+                if self.device.type == "cpu" and step % REBALANCE_STEPS == 0:
+                    threads.rebalance()  # another task came or went: this one's share of the cores changed
             if pending:
                 report()
         finally:
