@@ -13,8 +13,9 @@ takes a *core lease* for as long as its step runs, and sizes its pools to its sh
   a process that died is ignored and removed. Two ReviewFlows at once, a CompareFlow `foreach`, a scheduled run
   meeting a manual one: each process sees the others.
 - an explicit count wins and is never changed: `REVIEWFLOW_THREADS`, else `OMP_NUM_THREADS` (as set by the user).
-- waiting threads sleep instead of spinning: `OMP_WAIT_POLICY=PASSIVE` for OpenMP (set by the launcher, so before
-  any library starts its pool), and onnxruntime sessions made while others hold leases do not spin.
+- waiting threads do not hold on to cores: OpenMP spins only briefly before it sleeps (`GOMP_SPINCOUNT`, set by
+  the launcher before any library starts its pool), and onnxruntime sessions made while others hold leases do
+  not spin.
 
 Long-running work re-reads its share (`rebalance()`: the training loop every few optimizer steps), so a run that
 started alone gives up threads when a second one starts, and takes them back when it ends.
@@ -178,3 +179,14 @@ def onnx_session_options(options) -> None:
     options.inter_op_num_threads = 1
     if shared():
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+
+
+def describe() -> str:
+    """One line on this process's share, for the log: how many threads and why."""
+    explicit = explicit_threads()
+    if explicit:
+        name = next(n for n in EXPLICIT if os.environ.get(n, "").strip() and os.environ[n].strip() != _written)
+        return f"{explicit} thread(s), as {name} says"
+    tasks = len(set(live_leases()) | {os.getpid()})
+    return (f"{share()} thread(s): {usable_cores()} usable core(s) shared by {tasks} task(s) on this machine "
+            "(steps/runtime/threads.py)")

@@ -8,7 +8,7 @@ def fine_tune(run, model: str, tokens: dict, config, checkpoints=None):
     import tempfile
 
     from steps.training.device import seed_everything
-    from steps.training.loop import train_classifier
+    from steps.training.loop import REBALANCE_STEPS, train_classifier
     from steps.training.models import load_classifier, load_tokenizer, pack_directory
     from steps.training.plots import training_plots
 
@@ -18,7 +18,10 @@ def fine_tune(run, model: str, tokens: dict, config, checkpoints=None):
         from steps.training.auto_model import recipe_values
 
         config = replace(config, epochs=recipe_values(model, {"epochs": 0})["epochs"])
-    run.params(config.as_params())
+    from steps.runtime import threads
+
+    run.params({**config.as_params(), "threads": threads.share()})
+    print(f"Cores: {threads.describe()}; re-read every {REBALANCE_STEPS} steps.", flush=True)
     seed_everything(config.seed)  # the new classification head's initial weights come from the seed
     classifier = load_classifier(model)
     result = train_classifier(classifier, tokens["train"], tokens["validation"], config,

@@ -1,5 +1,6 @@
 """The whole ReviewFlow, run for real with metaflow.Runner on a tiny DistilBERT and a small CSV."""
 import json
+import os
 from pathlib import Path
 
 import mlflow
@@ -52,6 +53,12 @@ def test_flow_logs_one_parent_run_with_a_nested_run_per_step(finished):
     assert sorted(children) == sorted(STEPS)
     assert all(child.info.status == "FINISHED" for child in children.values())
     assert children["train"].data.tags["metaflow_pathspec"].startswith(run.pathspec + "/train/")
+    # the explicit model and epochs pass through --model auto's resolution; the threads as the tests set them
+    assert (parent.data.params["model.resolved"], parent.data.params["epochs.resolved"]) == (
+        parent.data.params["model"], "4")
+    assert parent.data.params["model.why"].startswith("--model ") and parent.data.params["model.why"].endswith(" given")
+    assert children["train"].data.params["threads"] == os.environ.get("OMP_NUM_THREADS", "2")
+    assert "thread(s), as OMP_NUM_THREADS says" in executing.stdout
     assert children["evaluate"].data.metrics["test_accuracy"] == pytest.approx(run.data.test_metrics["accuracy"])
     inputs = parent.inputs.dataset_inputs
     assert len(inputs) == 1 and inputs[0].dataset.digest == run.data.fingerprint[:36]
