@@ -318,14 +318,11 @@ def review_flow_command(row: dict, base: dict, flow_file: str = "flows/review_fl
     import shlex
 
     values = {**base, **parse_candidates(row["candidate"])[0].overrides, "model": row["model"]}
-    from steps.training.models import canonical_name
-
     options = []
     for setting in settings.select("data", "model", "training"):
         value = values.get(setting.name, setting.default)
-        same_model = setting.name == "model" and canonical_name(value) == canonical_name(setting.default)
-        if value == setting.default or same_model:
-            continue  # the default model by its alias (minilm) too
+        if value == setting.default:
+            continue  # the model always differs: the default, auto, may train another one on another machine
         options.append(f"--{setting.name}" if setting.is_flag else f"--{setting.name} {shlex.quote(str(value))}")
     return " ".join([f"python {flow_file} run", *options])
 

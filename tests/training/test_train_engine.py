@@ -375,7 +375,7 @@ def test_progress_lines_in_logs(tiny_model_dir, tiny_tokens, monkeypatch):
 
 
 def test_bad_settings_are_user_errors():
-    for config, flag in [(TrainConfig(epochs=0), "--epochs"), (TrainConfig(batch_size=0), "--batch-size"),
+    for config, flag in [(TrainConfig(epochs=-1), "--epochs"), (TrainConfig(batch_size=0), "--batch-size"),
                          (TrainConfig(grad_accum=0), "--grad-accum"), (TrainConfig(patience=-1), "--patience"),
                          (TrainConfig(warmup_ratio=1.0), "--warmup-ratio"),
                          (TrainConfig(class_weights="balanced"), "--class-weights"),
