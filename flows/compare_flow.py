@@ -122,14 +122,16 @@ class CompareFlow(FlowSpec):
     @step
     def fold(self):
         from steps.evaluation.compare import candidate_values, log_fold, run_candidate
-        from steps.runtime import tracking
+        from steps.runtime import threads, tracking
 
         chosen = next(c for c in self.candidates if c.spec == self.candidate_spec)
         values = candidate_values(self.values, chosen)
         print(f"{chosen.spec}: fold {self.input + 1} of {len(self.folds)}")
-        # Speed and size are measured once per candidate (fold 0): they do not depend on the fold.
-        self.row = {**run_candidate(chosen, self.folds[self.input], values, seed=self.seed,
-                                    measure=self.input == 0, extra=self.extra_sets), "fold": self.input}
+        # Speed and size are measured once per candidate (fold 0): they do not depend on the fold. The lease: with
+        # --max-workers > 1 folds train side by side, each on its share of the cores (steps/runtime/threads.py).
+        with threads.lease():
+            self.row = {**run_candidate(chosen, self.folds[self.input], values, seed=self.seed,
+                                        measure=self.input == 0, extra=self.extra_sets), "fold": self.input}
         log_fold(tracking.client(self.tracking_uri), self.candidate_run_id, self.row, self.input)
         self.next(self.join_folds)
 

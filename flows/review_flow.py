@@ -96,7 +96,7 @@ class ReviewFlow(FlowSpec):
             require_no_drift(drift, self.fail_on_drift)
             self.training_inputs = retrain.training_inputs(self.fingerprint, setting_values(self, *retrain.GROUPS))
             decision = retrain.should_retrain(run.client, self.model_name, self.training_inputs, self.force_retrain,
-                                              why={"model": self.model_choice["why"]})
+                                              why={"model": model_choice(self)["why"]})
             run.tags({"retrain": decision.route, "retrain_reason": decision.reason})
         self.clean, self.quarantine, self.validation = report.clean, report.quarantine, report.metrics()
         self.drift, self.retrain_reason, self.route = drift.as_dict(), decision.reason, decision.route
@@ -125,7 +125,7 @@ class ReviewFlow(FlowSpec):
         with step_run(self, "tokenize") as run:
             frames = {"train": self.train_rows, "validation": self.validation_rows, "test": self.test_rows}
             self.tokens, self.token_stats, self.training_profile = tokenize_and_profile(
-                run, frames, self.base_model, self.max_length)
+                run, frames, base_model(self), self.max_length)
         print(f"Tokenized: train length mean {self.token_stats['train']['length_mean']}, "
               f"p95 {self.token_stats['train']['length_p95']}.")
         self.next(self.train)
@@ -139,7 +139,7 @@ class ReviewFlow(FlowSpec):
         from steps.training.job import fine_tune
 
         with step_run(self, "train") as run:
-            result, self.classifier, plots = fine_tune(run, self.base_model, self.tokens, self.train_config,
+            result, self.classifier, plots = fine_tune(run, base_model(self), self.tokens, self.train_config,
                                                        training_checkpoints(self))
         self.train_summary, self.history = result.summary(), result.history
         self.step_history, self.oom_events = result.step_history, result.oom_events  # compact: <= 1000 points
@@ -193,7 +193,7 @@ class ReviewFlow(FlowSpec):
             registration = register_trained_model(
                 run, self.model_name, served.model_uri, metaflow_run=f"{current.flow_name}/{current.run_id}",
                 trained_by=self.trained_by, serving_tags=served.tags(), data_fingerprint=self.fingerprint,
-                base_model=self.base_model, training_inputs=self.training_inputs, test_metrics=self.test_metrics,
+                base_model=base_model(self), training_inputs=self.training_inputs, test_metrics=self.test_metrics,
                 verdict=self.gate_verdict, promote_mode=self.promote, training_profile=self.training_profile)
         self.registration = registration.__dict__
         self.next(self.end)
@@ -212,8 +212,19 @@ class ReviewFlow(FlowSpec):
                    self.gate_verdict["champion_version"]) if trained else ()),
                 registered_model=self.registered_model, branch=current.branch_name,
                 served=self.served_model if trained else None, baseline=self.baseline if trained else None,
-                model_choice={**self.model_choice, "epochs": self.train_config.epochs})
+                model_choice={**model_choice(self), "epochs": self.train_config.epochs})
             print(self.run_summary)
+
+
+def base_model(flow) -> str:
+    """The model this run trains: `--model auto` resolved in start (a run started before there was an auto, and
+    resumed now, trains its --model as given)."""
+    return getattr(flow, "base_model", None) or flow.model
+
+
+def model_choice(flow) -> dict:
+    return getattr(flow, "model_choice", None) or {"requested": flow.model, "model": flow.model,
+                                                   "why": f"--model {flow.model} given", "machine": ""}
 
 
 def train_step_capabilities():

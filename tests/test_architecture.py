@@ -104,3 +104,12 @@ def test_no_module_is_longer_than_the_limit():
     lines = {str(f.relative_to(ROOT)): len(f.read_text().splitlines()) for f in files if f.exists()}
     long = {name: n for name, n in lines.items() if n > MAX_LINES}
     assert long == {}, f"split these (at most {MAX_LINES} lines a module)"
+
+
+def test_the_served_models_code_imports_nothing_of_this_project():
+    """MLflow copies these files into every logged model ("model from code", code_paths) and runs them where the
+    repository is not: outside a checkout `import steps` fails."""
+    for name in ("classifier_model.py", "baseline_model.py", "inference_log.py"):
+        path = ROOT / "steps" / "serving" / name
+        ours = {n for n in imported_names(path) if n.split(".")[0] in ("steps", "schemas", "flowkit", "flows")}
+        assert not ours, f"steps/serving/{name} imports {sorted(ours)}"

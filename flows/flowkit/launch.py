@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import getpass
 import os
+from pathlib import Path
 
 
 def _login_name() -> str:
@@ -60,24 +61,45 @@ def launches_a_run(argv: list[str]) -> bool:
     return command in ("run", "resume")
 
 
-def record_user_error(message: str) -> None:
-    """In a step process: leave `message` for the process that launched the run (see `main`)."""
-    path = os.environ.get(USER_ERRORS)
-    if path:
-        with open(path, "a", encoding="utf-8") as out:
-            out.write(message.replace("\0", " ") + "\0")
+def task_of(argv: list[str]) -> str:
+    """`<run id>-<step>-<task id>` of a step process's command line (`... step NAME --run-id R --task-id T ...`)."""
+    def value(option: str) -> str:
+        return argv[argv.index(option) + 1] if option in argv[:-1] else "?"
+
+    step = argv[argv.index("step") + 1] if "step" in argv[:-1] else "?"
+    return f"{value('--run-id')}-{step}-{value('--task-id')}"
 
 
-def recorded_user_errors(path: str) -> list[str]:
-    """The messages the run's steps left, each once, in order, without a retried attempt's "not run again" note."""
+def record_user_error(message: str, argv: list[str] | None = None) -> None:
+    """In a step process: leave `message` for the process that launched the run (see `main`), one file per task:
+    a later attempt of the same task replaces it (`forget_user_error`)."""
+    import sys
+
+    folder = os.environ.get(USER_ERRORS)
+    if folder and os.path.isdir(folder):
+        Path(folder, task_of(argv or sys.argv)).write_text(message, encoding="utf-8")
+
+
+def forget_user_error(argv: list[str] | None = None) -> None:
+    """At the start of a step process: an earlier attempt's message no longer says how this task ended."""
+    import sys
+
+    folder = os.environ.get(USER_ERRORS)
+    if folder:
+        Path(folder, task_of(argv or sys.argv)).unlink(missing_ok=True)
+
+
+def recorded_user_errors(folder: str) -> list[str]:
+    """The messages of the tasks whose last attempt stopped on a user's mistake, oldest first, each once, without
+    a retried attempt's "not run again" note."""
     from flowkit.step_runs import NOT_RUN_AGAIN
 
     try:
-        with open(path, encoding="utf-8") as source:
-            messages = [m.split(NOT_RUN_AGAIN)[0].rstrip() for m in source.read().split("\0") if m.strip()]
+        files = sorted(Path(folder).iterdir(), key=lambda f: f.stat().st_mtime)
+        messages = [f.read_text(encoding="utf-8").split(NOT_RUN_AGAIN)[0].rstrip() for f in files]
     except OSError:
         return []
-    return list(dict.fromkeys(messages))
+    return list(dict.fromkeys(m for m in messages if m))
 
 
 def main(flow_class, run_defaults: dict | None = None) -> None:
@@ -97,13 +119,14 @@ def main(flow_class, run_defaults: dict | None = None) -> None:
     if run_defaults:
         sys.argv = with_run_defaults(sys.argv, run_defaults)
     if not launches_a_run(sys.argv):
+        if "step" in sys.argv:
+            forget_user_error()
         print_user_errors_plainly(flow_class, record=record_user_error)
         flow_class()
         return
     print_user_errors_plainly(flow_class)  # an error in this process is printed last by Metaflow itself
-    handle, path = tempfile.mkstemp(prefix="reviewflow-user-errors-")
-    os.close(handle)
-    os.environ[USER_ERRORS] = path  # a run launched from inside a step gets its own file
+    path = tempfile.mkdtemp(prefix="reviewflow-user-errors-")
+    os.environ[USER_ERRORS] = path  # a run launched from inside a step gets its own folder
     try:
         flow_class()
     except SystemExit as stop:
@@ -113,4 +136,6 @@ def main(flow_class, run_defaults: dict | None = None) -> None:
             print("\n".join(messages), file=sys.stderr, flush=True)
         raise
     finally:
-        os.unlink(path)
+        import shutil
+
+        shutil.rmtree(path, ignore_errors=True)

@@ -206,7 +206,7 @@ def run_candidate(candidate: Candidate, split, values: dict, seed: int = 0, meas
     import torch
 
     row = {"candidate": candidate.spec, "model": candidate.model, "train_rows": len(split.train),
-           "test_rows": len(split.test), "threads": torch.get_num_threads()}
+           "test_rows": len(split.test)}
     if candidate.is_tfidf:
         from steps.evaluation.baseline import fit_and_score, serialized
 
@@ -254,6 +254,7 @@ def run_candidate(candidate: Candidate, split, values: dict, seed: int = 0, meas
         f"trained in {row['train_seconds']:.1f} s" + (f", {row['latency_ms_batch1']:.1f} ms per review, "
                                                        f"{row['texts_per_s_batch64']:.0f} texts/s at batch 64"
                                                        if measure else ""))
+    row["threads"] = torch.get_num_threads()  # after training and the speed figures: the share may have changed
     return row
 
 

@@ -2,8 +2,9 @@
 other.
 
 Every torch/OpenMP process starts one busy thread per core. Two such processes on 2 cores ran 60x slower each,
-not 2x: 4 threads that spin while they wait fight over 2 cores. So every step process (flows/flowkit/step_runs.py)
-takes a *core lease* for as long as its step runs, and sizes its pools to its share:
+not 2x: 4 threads that spin while they wait fight over 2 cores. So every step process (flows/flowkit/step_runs.py;
+CompareFlow's folds, `lease()`) takes a *core lease* for as long as its step runs, and sizes its pools to its
+share:
 
     share = usable cores // step processes holding a lease on this machine now (at least 1)
 
@@ -15,7 +16,8 @@ takes a *core lease* for as long as its step runs, and sizes its pools to its sh
 - an explicit count wins and is never changed: `REVIEWFLOW_THREADS`, else `OMP_NUM_THREADS` (as set by the user).
 - waiting threads do not hold on to cores: OpenMP spins only briefly before it sleeps (`GOMP_SPINCOUNT`, set by
   the launcher before any library starts its pool), and onnxruntime sessions made while others hold leases do
-  not spin.
+  not spin (the served model reads `OMP_NUM_THREADS` and `REVIEWFLOW_SHARED_CORES`, which `apply` sets: it
+  imports nothing of this project).
 
 Long-running work re-reads its share (`rebalance()`: the training loop every few optimizer steps), so a run that
 started alone gives up threads when a second one starts, and takes them back when it ends.
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 EXPLICIT = ("REVIEWFLOW_THREADS", "OMP_NUM_THREADS")
@@ -76,7 +79,7 @@ def explicit_threads() -> int | None:
         if not value or (name == "OMP_NUM_THREADS" and value == _written):
             continue
         try:
-            return max(1, int(value))
+            return max(1, int(value.split(",")[0]))  # OpenMP also takes a list per nesting level: "4,2"
         except ValueError:
             from steps.runtime.errors import ReviewflowError
 
@@ -127,13 +130,27 @@ def share(folder: Path | None = None) -> int:
 
 
 def take_lease(folder: Path | None = None) -> int:
-    """Register this process as using cores, size the pools to its share, and return the share."""
+    """Register this process as using cores, size the pools to its share, and return the share. A lease that
+    cannot be written (an unwritable temp folder) is done without: the share is still computed and applied."""
     global _lease
     folder = folder or core_lease_dir()
-    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    _lease = folder / str(os.getpid())
-    _lease.write_text(_started(os.getpid()) or "")
+    try:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        lease = folder / str(os.getpid())
+        lease.write_text(_started(os.getpid()) or "")
+        _lease = lease
+    except OSError as err:
+        print(f"no core lease ({err}); sizing threads without one", flush=True)
     return apply(share(folder))
+
+
+@contextmanager
+def lease():
+    """`with lease():` hold a core lease (sized pools) for the block, released after it."""
+    try:
+        yield take_lease()
+    finally:
+        release_lease()
 
 
 def release_lease() -> None:
@@ -166,19 +183,14 @@ def apply(threads: int) -> int:
     if not explicit:
         _written = str(threads)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false" if threads == 1 else "true")
+    # read by the served model's onnxruntime sessions (steps/serving/classifier_model.py, which imports nothing
+    # of this project): no spinning while other tasks compute beside this one
+    os.environ["REVIEWFLOW_SHARED_CORES"] = "1" if shared() else "0"
     torch = sys.modules.get("torch")
     if torch is not None and (_applied != threads or torch.get_num_threads() != threads):
         torch.set_num_threads(threads)
     _applied = threads
     return threads
-
-
-def onnx_session_options(options) -> None:
-    """Size an onnxruntime SessionOptions like the torch pool; without spinning when others share the cores."""
-    options.intra_op_num_threads = share()
-    options.inter_op_num_threads = 1
-    if shared():
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
 
 
 def describe() -> str:

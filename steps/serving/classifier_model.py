@@ -88,11 +88,9 @@ class Scorer:
         else:
             import onnxruntime as ort
 
-            from steps.runtime.threads import onnx_session_options
-
             options = ort.SessionOptions()
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-            onnx_session_options(options)  # this task's share of the cores, no spinning beside other tasks
+            _size_threads(options)
             self.session = ort.InferenceSession(onnx_file, options, providers=["CPUExecutionProvider"])
 
     def probabilities(self, texts: list[str]):
@@ -187,6 +185,20 @@ class ReviewClassifier(PythonModel):
         if output == "probabilities":
             return pd.DataFrame({"label": labels, "probability_positive": probs})
         return pd.Series(np.asarray(labels), name="label")
+
+
+def _size_threads(options) -> None:
+    """onnxruntime's threads as the process's environment says: OMP_NUM_THREADS (a reviewflow step sets it to its
+    share of the cores, steps/runtime/threads.py; a user may set it for a server), and no spinning where
+    REVIEWFLOW_SHARED_CORES=1 (other tasks compute beside this one). Neither set: onnxruntime's defaults."""
+    import os
+
+    threads = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
+    if threads.isdigit() and int(threads) > 0:
+        options.intra_op_num_threads = int(threads)
+        options.inter_op_num_threads = 1
+    if os.environ.get("REVIEWFLOW_SHARED_CORES") == "1":
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
 
 
 def _identity(config, classifier_dir):

