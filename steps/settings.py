@@ -127,6 +127,9 @@ SETTINGS: tuple[Setting, ...] = (
     # --- training: the engine (TrainConfig's fields, in this order) ----------------------------------------------
     _s("epochs", int, 0, "Training epochs (early stopping may end sooner).", "training", range=Range(low=1),
        zero_means="the model's recipe: 1 for mpnet, 2 for minilm and any other model"),
+    _s("max-steps", int, 0, "A training budget in optimizer steps: the learning-rate schedule ends there, the epoch it "
+       "falls in ends there (validated and checkpointed as any epoch), so a large table trains on a slice of steps "
+       "with validation and test untouched.", "training", range=Range(low=1), zero_means="no budget"),
     _s("batch-size", int, 16, "Reviews per forward pass (micro-batch).", "training", range=AT_LEAST_1),
     _s("grad-accum", int, 1, "Forward passes per optimizer step: a step sees batch-size x grad-accum reviews.",
        "training", range=AT_LEAST_1),

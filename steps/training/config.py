@@ -9,8 +9,8 @@ from steps import settings
 # changes it without changing the trajectory), nor precision, compile or patience (resuming under other ones
 # is allowed). best_epoch_by does not change the trajectory but does decide which epoch's weights the checkpoint
 # holds as the best so far.
-TRAJECTORY = ("epochs", "learning_rate", "weight_decay", "warmup_ratio", "max_grad_norm", "seed", "freeze_encoder",
-              "class_weights", "best_epoch_by")
+TRAJECTORY = ("epochs", "max_steps", "learning_rate", "weight_decay", "warmup_ratio", "max_grad_norm", "seed",
+              "freeze_encoder", "class_weights", "best_epoch_by")
 
 
 class _TrainConfigMethods:
@@ -67,6 +67,7 @@ class TrainResult:
     resumed_from_epoch: int = 0  # 0 = started from scratch
     resumed_at_step: int = 0  # optimizer steps already done by the attempt whose checkpoint was resumed
     stopped_early: bool = False
+    budget_reached: bool = False  # --max-steps ended training (the last epoch ran only part of its steps)
     class_weights: list[float] | None = None
     trainable_parameters: int = 0
     attention: str = ""
@@ -81,6 +82,7 @@ class TrainResult:
             "best_epoch": self.best_epoch,
             "epochs_run": len(self.history),
             "stopped_early": self.stopped_early,
+            "budget_reached": self.budget_reached,
             "resumed_from_epoch": self.resumed_from_epoch,
             "steps": self.steps,
             "train_seconds": round(self.train_seconds, 2),

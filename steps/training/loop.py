@@ -105,6 +105,9 @@ class Trainer:
         self.forward = torch.compile(model, dynamic=True) if config.compile else model
         self.steps_per_epoch = math.ceil(len(train_tokens) / config.effective_batch)
         self.total_steps = self.steps_per_epoch * config.epochs
+        self.budgeted = bool(config.max_steps) and config.max_steps < self.total_steps
+        if self.budgeted:  # the budget: the learning-rate schedule ends there too
+            self.total_steps = config.max_steps
         self.warmup_steps = int(config.warmup_ratio * self.total_steps)
         self.optimizer = setup.optimizer(model, config, self.device)
         self.scheduler = setup.linear_warmup_decay(self.optimizer, self.warmup_steps, self.total_steps)
@@ -146,7 +149,7 @@ class Trainer:
     def train_epochs(self) -> None:
         config, state = self.config, self.state
         self.describe()
-        while state.epoch < config.epochs and not state.stopped_early:
+        while state.epoch < config.epochs and not state.stopped_early and state.steps < self.total_steps:
             started = time.perf_counter()
             metrics = self.train_epoch()
             self.end_epoch(metrics, started)
@@ -190,8 +193,14 @@ class Trainer:
                             note=f"loss {sum(values) / len(values):.4f}")
             pending.clear()
 
+        seen = 0
         try:
             for rows in batches:
+                if state.steps >= self.total_steps:  # --max-steps: this epoch ends where the budget does
+                    self.log(f"step budget reached: {state.steps} optimizer steps (--max-steps) in epoch {epoch} of "
+                             f"{config.epochs}, after {seen} of its {len(self.train)} reviews")
+                    break
+                seen += len(rows)
                 step = state.steps + 1
                 lr = self.scheduler.get_last_lr()[0]
                 loss = self.optimizer_step(rows, step)
@@ -210,8 +219,8 @@ class Trainer:
         seconds = time.perf_counter() - started
         state.train_seconds += seconds
         state.epoch = epoch
-        return {"epoch": epoch, "train_loss": loss_sum / len(self.train),
-                "epoch_samples_per_s": round(len(self.train) / seconds, 2) if seconds else 0.0}
+        return {"epoch": epoch, "train_loss": loss_sum / max(seen, 1),
+                "epoch_samples_per_s": round(seen / seconds, 2) if seconds else 0.0}
 
     def optimizer_step(self, rows, step: int):
         """Forward/backward over the micro-batches of one optimizer step, then clip and update.
@@ -368,7 +377,8 @@ class Trainer:
         self.log(f"training on {self.device} ({precision_name(self.dtype)}, attention {self.attention}"
                  f"{', torch.compile' if self.compiled else ''}): {len(self.train)} reviews, {c.epochs} epoch(s) of "
                  f"{self.steps_per_epoch} steps; batch {c.effective_batch} = micro-batch {s.micro_batch_size} x "
-                 f"{self.accumulation} accumulation; {self.warmup_steps} warmup steps of {self.total_steps}; "
+                 f"{self.accumulation} accumulation; {self.warmup_steps} warmup steps of {self.total_steps}"
+                 f"{' (the --max-steps budget)' if self.budgeted else ''}; "
                  + "; ".join(self.notes))
         if c.freeze_encoder:
             self.log(f"--freeze-encoder: training only the classification head "
@@ -395,6 +405,8 @@ class Trainer:
             padding_share=1 - s.real_tokens / s.padded_tokens if s.padded_tokens else 0.0,
             micro_batch_size=s.micro_batch_size, grad_accum=self.accumulation, oom_backoffs=s.oom_backoffs,
             oom_events=s.oom_events, step_history=s.step_history.as_dict(), resumed_from_epoch=s.resumed_from_epoch,
-            resumed_at_step=s.resumed_at_step, stopped_early=s.stopped_early, class_weights=self.class_weights,
+            resumed_at_step=s.resumed_at_step, stopped_early=s.stopped_early,
+            budget_reached=self.budgeted and s.steps >= self.total_steps,
+            class_weights=self.class_weights,
             trainable_parameters=sum(p.numel() for p in self.trainable), attention=self.attention,
             compiled=self.compiled, selection=self.selection)

@@ -15,7 +15,9 @@ def training_card(result, config, plots: dict) -> list:
                                                                   ("accuracy", "best_val_accuracy")) if key in s)
     best = (f"best epoch **{s['best_epoch']}**" + (f" by {result.selection} ({figures})" if "best_val_loss" in s
                                                    else "") + ", its weights kept")
-    stop = f"stopped early (no better {result.selection})" if result.stopped_early else "ran all epochs"
+    stop = (f"stopped early (no better {result.selection})" if result.stopped_early
+            else f"stopped at the step budget (--max-steps {config.max_steps})" if result.budget_reached
+            else "ran all epochs")
     parts.append(Markdown(
         f"{best}; {stop}. {s['steps']} optimizer steps in {s['train_seconds']:.0f} s of training: "
         f"**{s['samples_per_s']:.1f} samples/s**, {s['real_tokens_per_s']:,.0f} real tokens/s, "
