@@ -93,11 +93,12 @@ def data_lines(report: RunReport) -> list[str]:
 
 def metric_lines(test_metrics: dict, comparison: dict | None) -> list[str]:
     """Test metrics, and beside them the champion's on the same rows and the difference, one metric a line."""
-    from steps.evaluation.metrics import COMPARED
+    from steps.evaluation.metrics import COMPARED, interval_line
 
+    interval = [line] if (line := interval_line(test_metrics)) else []
     if not comparison:
         return [f"test accuracy {_number(test_metrics['accuracy'])}   F1 {_number(test_metrics['f1'])}   "
-                f"ROC-AUC {_number(test_metrics['roc_auc'])}   ECE {_number(test_metrics['ece'])}",
+                f"ROC-AUC {_number(test_metrics['roc_auc'])}   ECE {_number(test_metrics['ece'])}", *interval,
                 f"({test_metrics['rows']} test reviews; no champion to compare with)"]
     champion = f"champion v{comparison['champion_version']}"
     lines = [f"{'test metric':<12}{'this model':>11}{champion:>{max(14, len(champion) + 3)}}{'delta':>10}"]
@@ -108,6 +109,7 @@ def metric_lines(test_metrics: dict, comparison: dict | None) -> list[str]:
         lines.append(f"{name:<12}{_number(test_metrics[name]):>11}"
                      f"{_number(comparison['champion'][name]):>{max(14, len(champion) + 3)}}{delta:>+10.4f}{mark}")
     p = comparison["mcnemar"]["p_value"]
+    lines += interval
     lines.append(f"({test_metrics['rows']} test reviews; McNemar exact p = {p:.3g}: "
                  f"{'a real difference' if p < 0.05 else 'no significant difference'} at 5%)")
     return lines

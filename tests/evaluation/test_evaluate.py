@@ -20,6 +20,26 @@ def test_metrics_on_a_hand_checked_example():
     assert m["log_loss"] == pytest.approx(expected_loss, rel=1e-5)
 
 
+def test_the_95_percent_intervals_cover_the_figures_and_narrow_with_more_rows():
+    from steps.evaluation.metrics import confidence_intervals, interval_line
+
+    m = classification_metrics([1, 1, 1, 0, 0], [0.9, 0.6, 0.4, 0.3, 0.7])
+    # Wilson's interval for 3 of 5, by hand: 0.2307 to 0.8824
+    assert (m["accuracy_ci95_low"], m["accuracy_ci95_high"]) == (pytest.approx(0.2307, abs=1e-4),
+                                                                pytest.approx(0.8824, abs=1e-4))
+    assert m["f1_ci95_low"] <= m["f1"] <= m["f1_ci95_high"]
+    few, many = confidence_intervals(300, 60, 40, 321), confidence_intervals(300_000, 60_000, 40_000, 321_000)
+    assert few == confidence_intervals(300, 60, 40, 321)  # seeded: the same predictions, the same interval
+    for ci in (few, many):
+        assert ci["accuracy_ci95_low"] < 621 / 721 < ci["accuracy_ci95_high"]
+        assert ci["f1_ci95_low"] < 642 / 742 < ci["f1_ci95_high"]
+    assert many["accuracy_ci95_high"] - many["accuracy_ci95_low"] < (few["accuracy_ci95_high"]
+                                                                      - few["accuracy_ci95_low"]) / 10
+    assert "(721 test rows: few: each figure could move ±" in interval_line({**few, "rows": 721})
+    assert "(721000 test rows: many: ±0." in interval_line({**many, "rows": 721_000})
+    assert confidence_intervals(0, 0, 0, 0) == {} and interval_line({"rows": 0}) is None
+
+
 def test_probabilities_are_softmax_in_row_order(tiny_model_dir, tiny_tokenizer):
     import torch
 
