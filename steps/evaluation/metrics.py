@@ -33,14 +33,14 @@ def classification_metrics(labels, probs, threshold: float = 0.5) -> dict:
     return {k: (round(float(v), 6) if isinstance(v, float) else v) for k, v in out.items()}
 
 
-CI_RESAMPLES = 2000  # parametric bootstrap draws of the confusion matrix for F1's interval
+CI_RESAMPLES = 2000  # draws of the confusion matrix's cell shares for F1's interval
 CI_SEED = 0
 
 
 def confidence_intervals(tn: int, fp: int, fn: int, tp: int) -> dict:
-    """95% intervals of accuracy (Wilson score) and of positive-class F1 (parametric bootstrap: the confusion
-    matrix redrawn from its own cell shares, seeded, so the same predictions give the same interval). They say how
-    far the figure could move on another test set of this size: few test rows, wide; many, narrow."""
+    """95% intervals of accuracy (Wilson score) and of positive-class F1 (its cell shares drawn 2,000 times from a
+    Dirichlet around the confusion matrix's own, seeded, so the same predictions give the same interval).
+    They say how far the figure could move on another test set of this size: few test rows, wide; many, narrow."""
     import math
 
     import numpy as np
@@ -50,26 +50,31 @@ def confidence_intervals(tn: int, fp: int, fn: int, tp: int) -> dict:
         return {}
     z, share = 1.959964, (tn + tp) / n
     centre, spread = share + z * z / (2 * n), z * math.sqrt(share * (1 - share) / n + z * z / (4 * n * n))
-    draws = np.random.default_rng(CI_SEED).multinomial(n, np.array([tn, fp, fn, tp]) / n, size=CI_RESAMPLES)
-    found, wanted = draws[:, 3] * 2, draws[:, 1] + draws[:, 2] + draws[:, 3] * 2
-    f1 = np.divide(found, wanted, out=np.zeros(CI_RESAMPLES), where=wanted > 0)
-    return {"accuracy_ci95_low": (centre - spread) / (1 + z * z / n),
-            "accuracy_ci95_high": (centre + spread) / (1 + z * z / n),
-            "f1_ci95_low": float(np.percentile(f1, 2.5)), "f1_ci95_high": float(np.percentile(f1, 97.5))}
+    # F1 of cell shares drawn from Dirichlet(counts + 1/2) (Jeffreys): what the confusion matrix's shares could be,
+    # given these counts. An empty cell (no false positives, a model that never predicts positive) may fill on
+    # another test set, so the interval does not shrink to a point as a plain bootstrap of the counts would.
+    shares = np.random.default_rng(CI_SEED).dirichlet(np.array([tn, fp, fn, tp], dtype=float) + 0.5,
+                                                      size=CI_RESAMPLES)
+    f1 = 2 * shares[:, 3] / (2 * shares[:, 3] + shares[:, 1] + shares[:, 2])
+    point = 2 * tp / (2 * tp + fp + fn) if 2 * tp + fp + fn else 0.0  # at 0 or 1 the draws sit just inside it
+    return {"accuracy_ci95_low": max(0.0, (centre - spread) / (1 + z * z / n)),
+            "accuracy_ci95_high": min(1.0, (centre + spread) / (1 + z * z / n)),
+            "f1_ci95_low": min(point, float(np.percentile(f1, 2.5))),
+            "f1_ci95_high": max(point, float(np.percentile(f1, 97.5)))}
 
 
 def interval_line(test_metrics: dict) -> str | None:
-    """`95% CI: accuracy 0.8205-0.8716, F1 ... (721 test rows: few: ...)`, or None without intervals; "few" where
-    an interval is wider than ±1 point."""
+    """`95% CI: accuracy 0.8179-0.8706, F1 ... (721 test rows; wide: ...)`, or None without intervals; "wide" where
+    an interval spans more than ±1 point (few rows, or a figure far from 0 and 1)."""
     if "accuracy_ci95_low" not in test_metrics:
         return None
     width = max(test_metrics["accuracy_ci95_high"] - test_metrics["accuracy_ci95_low"],
                 test_metrics["f1_ci95_high"] - test_metrics["f1_ci95_low"]) / 2
-    how = (f"few: each figure could move ±{width * 100:.1f} points on another test set of this size"
-           if width > 0.01 else f"many: ±{width * 100:.2f} points")
+    how = (f"wide: each figure could move ±{width * 100:.1f} points on another test set of this size"
+           if width > 0.01 else f"narrow: ±{width * 100:.2f} points")
     return (f"95% CI: accuracy {test_metrics['accuracy_ci95_low']:.4f}-{test_metrics['accuracy_ci95_high']:.4f}, "
             f"F1 {test_metrics['f1_ci95_low']:.4f}-{test_metrics['f1_ci95_high']:.4f} "
-            f"({test_metrics['rows']} test rows: {how})")
+            f"({test_metrics['rows']} test rows; {how})")
 
 
 # --- calibration -------------------------------------------------------------------------------------------

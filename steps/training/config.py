@@ -67,7 +67,7 @@ class TrainResult:
     resumed_from_epoch: int = 0  # 0 = started from scratch
     resumed_at_step: int = 0  # optimizer steps already done by the attempt whose checkpoint was resumed
     stopped_early: bool = False
-    budget_reached: bool = False  # --max-steps ended training (the last epoch ran only part of its steps)
+    budget_reached: bool = False  # --max-steps ended training (before the last epoch, or part way through one)
     class_weights: list[float] | None = None
     trainable_parameters: int = 0
     attention: str = ""

@@ -106,6 +106,7 @@ class Trainer:
         self.steps_per_epoch = math.ceil(len(train_tokens) / config.effective_batch)
         self.total_steps = self.steps_per_epoch * config.epochs
         self.budgeted = bool(config.max_steps) and config.max_steps < self.total_steps
+        self.budget_seen = 0  # reviews the epoch cut by the budget had trained on (0: it ended on an epoch's end)
         if self.budgeted:  # the budget: the learning-rate schedule ends there too
             self.total_steps = config.max_steps
         self.warmup_steps = int(config.warmup_ratio * self.total_steps)
@@ -158,6 +159,11 @@ class Trainer:
             if self.after_epoch:
                 self.after_epoch(state.epoch)
             faults.inject(f"train/after_epoch_{state.epoch}")  # test hook; nothing unless a test sets it
+        if self.budgeted and state.steps >= self.total_steps and not state.stopped_early:
+            where = (f"after {self.budget_seen} of its {len(self.train)} reviews" if self.budget_seen
+                     else "at its end")
+            self.log(f"step budget reached: {state.steps} optimizer steps (--max-steps) in epoch {state.epoch} of "
+                     f"{config.epochs}, {where}")
         if state.best_weights is not None and state.best_epoch != state.epoch:
             best = state.history[state.best_epoch - 1]
             self.log(f"restoring the weights of epoch {state.best_epoch} (the best {self.selection}: "
@@ -197,8 +203,7 @@ class Trainer:
         try:
             for rows in batches:
                 if state.steps >= self.total_steps:  # --max-steps: this epoch ends where the budget does
-                    self.log(f"step budget reached: {state.steps} optimizer steps (--max-steps) in epoch {epoch} of "
-                             f"{config.epochs}, after {seen} of its {len(self.train)} reviews")
+                    self.budget_seen = seen
                     break
                 seen += len(rows)
                 step = state.steps + 1
@@ -327,7 +332,11 @@ class Trainer:
 
     # --- checkpoints -----------------------------------------------------------------------------------------
     def resume_key(self) -> dict:
-        return resume_key(self.config.trajectory(), self.train, self.model)
+        trajectory = self.config.trajectory()
+        trajectory.pop("max_steps", None)  # a budget at or above the epochs' steps changes nothing ...
+        if self.budgeted:  # ... one below them does (checkpoints from before the setting existed still match)
+            trajectory["max_steps"] = self.total_steps
+        return resume_key(trajectory, self.train, self.model)
 
     def save_checkpoint(self) -> None:
         """Save the state; a failed save (storage down, disk full) is logged and training goes on."""

@@ -27,7 +27,9 @@ def test_the_95_percent_intervals_cover_the_figures_and_narrow_with_more_rows():
     # Wilson's interval for 3 of 5, by hand: 0.2307 to 0.8824
     assert (m["accuracy_ci95_low"], m["accuracy_ci95_high"]) == (pytest.approx(0.2307, abs=1e-4),
                                                                 pytest.approx(0.8824, abs=1e-4))
-    assert m["f1_ci95_low"] <= m["f1"] <= m["f1_ci95_high"]
+    perfect, never_positive = confidence_intervals(0, 0, 0, 20), confidence_intervals(10, 10, 0, 0)
+    assert perfect["accuracy_ci95_high"] == 1.0 and perfect["f1_ci95_high"] == 1.0 > perfect["f1_ci95_low"] > 0.8
+    assert never_positive["f1_ci95_low"] == 0.0 < never_positive["f1_ci95_high"]  # empty cells: still an interval
     few, many = confidence_intervals(300, 60, 40, 321), confidence_intervals(300_000, 60_000, 40_000, 321_000)
     assert few == confidence_intervals(300, 60, 40, 321)  # seeded: the same predictions, the same interval
     for ci in (few, many):
@@ -35,8 +37,8 @@ def test_the_95_percent_intervals_cover_the_figures_and_narrow_with_more_rows():
         assert ci["f1_ci95_low"] < 642 / 742 < ci["f1_ci95_high"]
     assert many["accuracy_ci95_high"] - many["accuracy_ci95_low"] < (few["accuracy_ci95_high"]
                                                                       - few["accuracy_ci95_low"]) / 10
-    assert "(721 test rows: few: each figure could move ±" in interval_line({**few, "rows": 721})
-    assert "(721000 test rows: many: ±0." in interval_line({**many, "rows": 721_000})
+    assert "(721 test rows; wide: each figure could move ±" in interval_line({**few, "rows": 721})
+    assert "(721000 test rows; narrow: ±0." in interval_line({**many, "rows": 721_000})
     assert confidence_intervals(0, 0, 0, 0) == {} and interval_line({"rows": 0}) is None
 
 

@@ -58,6 +58,23 @@ def test_a_budget_across_epochs_runs_the_full_ones_and_cuts_the_last(tiny_model_
     assert f"stopped at the step budget (--max-steps {per_epoch + 3})" in card
 
 
+def test_a_budget_on_an_epochs_end_says_so_and_one_above_the_epochs_resumes_an_unbudgeted_checkpoint(
+        tiny_model_dir, tokens, tmp_path):
+    per_epoch, messages = steps_per_epoch(tokens), []
+    result = train(tiny_model_dir, tokens, max_steps=per_epoch, log=messages.append)
+    assert result.steps == per_epoch and len(result.history) == 1 and result.budget_reached
+    assert f"step budget reached: {per_epoch} optimizer steps (--max-steps) in epoch 1 of 3, at its end" in messages
+
+    def crash(epoch):
+        raise RuntimeError("killed")
+
+    store = CheckpointStore(str(tmp_path / "train"))
+    with pytest.raises(RuntimeError):
+        train(tiny_model_dir, tokens, checkpoints=store, after_epoch=crash)  # no budget
+    resumed = train(tiny_model_dir, tokens, checkpoints=store, max_steps=10_000)  # a budget that changes nothing
+    assert resumed.resumed_from_epoch == 1 and not resumed.budget_reached
+
+
 def test_a_budget_larger_than_the_epochs_changes_nothing(tiny_model_dir, tokens):
     unbudgeted, generous = train(tiny_model_dir, tokens, epochs=1), train(tiny_model_dir, tokens, epochs=1,
                                                                           max_steps=10_000)
