@@ -31,10 +31,9 @@ def step_run(flow, step_name: str):
     if same_error:  # @retry cannot be told which errors to retry; bad input gives the same error every time
         raise ReviewflowError(f"{same_error}{NOT_RUN_AGAIN}{current.retry_count + 1}: not run again, the previous "
                               "attempt stopped on bad input or settings, which a retry cannot fix)")
-    threads.take_lease()  # this step's share of the machine's cores, beside the other tasks running on it
     try:
-        with tracking.step_run(flow.tracking_uri, flow.mlflow_run_id, step_name, current.pathspec,
-                               current.retry_count) as run:
+        with threads.lease(), tracking.step_run(flow.tracking_uri, flow.mlflow_run_id, step_name, current.pathspec,
+                                                current.retry_count) as run:  # the lease: this step's share of cores
             fault_point()
             yield run
     except ReviewflowError:
@@ -42,8 +41,6 @@ def step_run(flow, step_name: str):
     except Exception:
         print(resume_hint(flow), flush=True)
         raise
-    finally:
-        threads.release_lease()
 
 
 @contextmanager
