@@ -21,11 +21,12 @@ from pathlib import Path
 
 from schemas import LABEL_COLUMN, TEXT_COLUMN, canonical_columns, load_contract, missing_markers, required_columns
 from steps.data.mapping import IngestOptions, LabelMapper
-from steps.data.readers import CHUNK_ROWS, missing_columns_error, read_chunks, read_file
+from steps.data.readers import CHUNK_ROWS, missing_columns_error, read_chunks
 from steps.data.sources import SAMPLE_PREFIX, input_files
 from steps.runtime.errors import ReviewflowError
 
 MARKER_SCAN_CHARS = 16
+REPEATED_HEADER = "repeated_header"  # a record that repeats the header line
 REJECTED_COLUMNS = ["source_file", "source_row", "reason", TEXT_COLUMN, LABEL_COLUMN]
 
 
@@ -282,37 +283,72 @@ def load_reviews(data: str, max_rows: int = 0, seed: int = 0, options: IngestOpt
     )
 
 
-def load_texts(data: str, options: IngestOptions | None = None):
-    """Reviews to score (PredictFlow): the same files, directories, s3:// objects, samples and readers as
-    `load_reviews`, but only the text column is required (`options.text_column`, default reviewText; it becomes
-    reviewText). A label column, when present, is checked and kept like in training."""
+def _text_only_chunk(raw, origin: str, options: IngestOptions, mapper: LabelMapper, found: list | None = None):
+    """One chunk of a file to score: canonical rows aligned with the records read (a record repeating the header
+    becomes a row with its text as read and `REPEATED_HEADER` in `unscored_reason`; every other row has <NA>)."""
     import pandas as pd
 
+    text, label = options.source_text_column, options.source_label_column
+    if text not in raw.columns:
+        hint = ("Pass --text-column NAME with the column that holds the review text"
+                if not options.text_column else "Check the name given as --text-column")
+        raise ReviewflowError(f"{origin}: missing the text column '{text}'; found columns "
+                              f"{[str(c) for c in (found or raw.columns)]}. {hint}.")
+    labelled = label in raw.columns
+    canonical, header_rows, raw = _canonical_chunk(raw if labelled else raw.assign(**{label: pd.NA}), origin,
+                                                   options, mapper)
+    if not labelled:  # text-only: canonicalized with a placeholder label, which is dropped again
+        canonical = canonical.drop(columns=[LABEL_COLUMN])
+    canonical = canonical.reindex(range(len(raw)))
+    reason = pd.Series(pd.NA, index=canonical.index, dtype="string")
+    if len(header_rows):
+        canonical.loc[header_rows, TEXT_COLUMN] = raw[text].iloc[header_rows].astype("string").to_numpy()
+        reason.iloc[header_rows] = REPEATED_HEADER
+    return canonical.assign(unscored_reason=reason)
+
+
+def text_chunks(source, options: IngestOptions | None = None, chunk_rows: int = CHUNK_ROWS):
+    """The records of one input (a local file, an S3 object or `sample:<name>`) to score, streamed: chunks of
+    `chunk_rows` records as (first record's 1-based row number, frame). Each frame has a row per record read (see
+    `_text_only_chunk`); only the text column is required, a label column is checked like in training."""
     options = options or IngestOptions()
-    contract = load_contract()
-    label = contract["label_column"]
-    text = options.source_text_column
-    if data.startswith(SAMPLE_PREFIX):
+    if isinstance(source, str) and source.startswith(SAMPLE_PREFIX):
         from steps.data.samples import load_sample
 
         if not options.is_default:
-            raise ReviewflowError(f"--data {data} is already in the canonical schema; --text-column and --encoding "
-                                  "apply to your own files only")
-        named = [(data, load_sample(data[len(SAMPLE_PREFIX):]))]
-    else:
-        named = [(str(p), read_file(p, options)) for p in input_files(data)]
-    parts = []
-    for origin, raw in named:
-        if text not in raw.columns:
-            hint = ("Pass --text-column NAME with the column that holds the review text"
-                    if not options.text_column else "Check the name given as --text-column")
-            raise ReviewflowError(f"{origin}: missing the text column '{text}'; found columns "
-                                  f"{[str(c) for c in raw.columns]}. {hint}.")
-        if label in raw.columns:
-            parts.append(canonicalize(raw, origin, options))
-        else:  # text-only: canonicalize with a placeholder label, then drop it
-            parts.append(canonicalize(raw.assign(**{label: pd.NA}), origin, options).drop(columns=[label]))
-    return pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
+            raise ReviewflowError(f"--data {source} is already in the canonical schema; --text-column and "
+                                  "--encoding apply to your own files only")
+        frame = load_sample(source[len(SAMPLE_PREFIX):]).assign(unscored_reason=None).astype(
+            {"unscored_reason": "string"})
+        for start in range(0, max(len(frame), 1), chunk_rows):
+            yield start + 1, frame.iloc[start:start + chunk_rows].reset_index(drop=True)
+        return
+    mapper = LabelMapper(options.labels, options.source_label_column)
+    first_row, read = 1, {}
+    for raw in read_chunks(source, options, set(options.wanted_columns()), chunk_rows, read):
+        yield first_row, _text_only_chunk(raw, str(source), options, mapper, read.get("columns"))
+        first_row += len(raw)
+    mapper.check_complete(str(source))
+
+
+def text_sources(data: str) -> list:
+    """What `--data` names for scoring: a sample's name, or its local files / S3 objects."""
+    return [data] if data.startswith(SAMPLE_PREFIX) else input_files(data)
+
+
+def load_texts(data: str, options: IngestOptions | None = None):
+    """Reviews to score, whole (a small input): the same files, directories, s3:// objects, samples and readers as
+    `load_reviews`, but only the text column is required (`options.text_column`, default reviewText; it becomes
+    reviewText). A label column, when present, is checked and kept like in training. Records that repeat the
+    header are left out; PredictFlow streams `text_chunks` instead and keeps them as unscored rows."""
+    import pandas as pd
+
+    parts = [frame[frame["unscored_reason"].isna()].drop(columns=["unscored_reason"])
+             for source in text_sources(data) for _, frame in text_chunks(source, options)]
+    parts = [p for p in parts if len(p)] or parts[:1]
+    if not parts:  # files with a header and no records
+        return pd.DataFrame({TEXT_COLUMN: pd.Series(dtype="string")})
+    return pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0].reset_index(drop=True)
 
 
 def ingest_reviews(run, parent_run_id: str, data: str, max_rows: int, seed: int,

@@ -19,6 +19,7 @@ from steps.runtime.errors import ReviewflowError
 OUTPUT_FORMATS = {".csv": "csv", ".parquet": "parquet", ".jsonl": "jsonl"}
 OUTPUT_COMPRESSIONS = (".gz", ".bz2", ".xz")  # CSV and JSON Lines only; Parquet compresses inside the file
 CHUNK_ROWS = 1024  # rows handed to the model at a time (it batches them by --batch-size inside); progress steps
+MISSING_TEXT, BLANK_TEXT = "missing_text", "blank_text"  # why a row gets no label
 INFERENCE_LOG_CONFIG = "inference_log"  # model_config key: a served model that logs by itself is told not to
 
 
@@ -35,6 +36,8 @@ def resolve_model_uri(mlflow_client, model_uri: str) -> ResolvedModel:
 
     match = re.fullmatch(r"models:/([^/@]+)(?:@([^/]+)|/(\d+))", model_uri.strip())
     if not match:
+        if re.fullmatch(r"models:/m-[0-9a-f]+", model_uri.strip()):  # an MLflow 3 LoggedModel id: unversioned
+            return ResolvedModel(model_uri.strip(), "", "")
         if model_uri.startswith("models:/"):
             raise ReviewflowError(f"--model-uri {model_uri}: expected models:/<name>@<alias> or "
                                   "models:/<name>/<version>")
@@ -51,31 +54,52 @@ def resolve_model_uri(mlflow_client, model_uri: str) -> ResolvedModel:
     return ResolvedModel(f"models:/{name}/{version}", name, str(version))
 
 
+def is_directory_output(path: str) -> bool:
+    """`--output` names a directory of parts (ends in "/", or is an existing local directory), not one file."""
+    from steps.runtime import storage
+
+    return path.endswith("/") or (not storage.is_s3(path) and Path(path).expanduser().is_dir())
+
+
 def check_output(path: str) -> str:
-    """csv | parquet | jsonl, from the extension of `--output` (a local path or an s3:// URI)."""
+    """csv | parquet | jsonl, from the extension of `--output` (a local path or an s3:// URI); `directory` for a
+    directory of Parquet parts with a manifest."""
+    if is_directory_output(path):
+        return "directory"
     name = PurePosixPath(path[len("s3://"):]).name if path.startswith("s3://") else Path(path).name
     suffixes = [s.lower() for s in PurePosixPath(name).suffixes]
     compressed = bool(suffixes) and suffixes[-1] in OUTPUT_COMPRESSIONS
     kind = OUTPUT_FORMATS.get(suffixes[-2] if compressed and len(suffixes) > 1 else suffixes[-1] if suffixes else "")
     if kind is None or (compressed and kind == "parquet"):
         raise ReviewflowError(f"--output {path}: write .csv, .parquet or .jsonl (the extension picks the format; "
-                              ".csv and .jsonl may end in .gz, .bz2 or .xz)")
+                              ".csv and .jsonl may end in .gz, .bz2 or .xz), or end it in / for a directory of "
+                              "Parquet parts with a manifest")
     return kind
 
 
 def check_output_location(path: str) -> str:
-    """Before any work: the format, and for s3:// that the URI names an object in a bucket that can be reached."""
+    """Before any work: the format; for s3:// that the URI names an object (or a prefix) in a bucket that can be
+    reached; for a directory that it holds no earlier predictions (their parts would mix with these)."""
     from steps.runtime import storage
 
     kind = check_output(path)
     if storage.is_s3(path):
         location = storage.parse_s3(path)
-        if not location.key or location.key.endswith("/"):
-            raise ReviewflowError(f"--output {path}: name the object, e.g. s3://{location.bucket}/predictions.parquet")
+        if not location.key or (location.key.endswith("/") and kind != "directory"):
+            raise ReviewflowError(f"--output {path}: name the object, e.g. s3://{location.bucket}/predictions.parquet"
+                                  f", or a prefix for parts, e.g. s3://{location.bucket}/predictions/")
         try:
             storage.check_bucket(path)
         except ReviewflowError as err:
             raise ReviewflowError(f"--output {path}: {err}") from None
+        taken = kind == "directory" and storage.list_objects(path)
+    else:
+        folder = Path(path).expanduser()
+        taken = kind == "directory" and folder.is_dir() and any(folder.iterdir())
+    if taken:
+        raise ReviewflowError(f"--output {path}: the directory is not empty; give a new one (parts of two runs "
+                              "must not mix), or delete what is there. A failed run is continued with `resume`, "
+                              "which keeps its output.")
     return kind
 
 
@@ -96,9 +120,50 @@ def load_model(resolved: ResolvedModel, batch_size: int):
     return mlflow.pyfunc.load_model(resolved.uri, model_config=config)
 
 
+def unscored_reasons(texts, given=None):
+    """Why each row cannot be scored, <NA> where it can: `missing_text` (no text: an empty cell, null or a missing
+    marker such as NaN), `blank_text` (only whitespace), or the reason already `given` (a repeated header line)."""
+    import pandas as pd
+
+    texts = pd.Series(texts).astype("string").reset_index(drop=True)
+    reasons = (pd.Series(pd.NA, index=texts.index, dtype="string") if given is None
+               else pd.Series(given).astype("string").reset_index(drop=True))
+    open_ = reasons.isna()
+    empty = (texts == "").fillna(True)
+    reasons[open_ & empty] = MISSING_TEXT
+    reasons[open_ & ~empty & (texts.str.strip() == "").fillna(False)] = BLANK_TEXT
+    return reasons
+
+
+def score_rows(model, frame, resolved: ResolvedModel, inference_log=None):
+    """`frame` (canonical rows to score) with label (Int64), probability_positive, unscored_reason, model_name and
+    model_version appended, in its order. A row without text gets no label or probability, only its reason
+    (`unscored_reasons`); an `unscored_reason` column already in `frame` is kept. Scores go to `inference_log`."""
+    import numpy as np
+    import pandas as pd
+
+    out = frame.reset_index(drop=True)
+    reasons = unscored_reasons(out[TEXT_COLUMN], out.get("unscored_reason"))
+    scored = np.flatnonzero(reasons.isna().to_numpy())
+    labels = pd.array(np.full(len(out), pd.NA), dtype="Int64")
+    probabilities = np.full(len(out), np.nan)
+    name, version = resolved.name or resolved.uri, resolved.version
+    if len(scored):
+        texts = out[TEXT_COLUMN].iloc[scored].astype(str)
+        scores = model.predict(pd.DataFrame({TEXT_COLUMN: texts.to_numpy()}), params={"output": "probabilities"})
+        labels[scored] = scores["label"].astype("int64").to_numpy()
+        probabilities[scored] = scores["probability_positive"].astype("float64").to_numpy()
+        if inference_log is not None:
+            inference_log.record(texts.tolist(), scores["label"].tolist(), scores["probability_positive"].tolist(),
+                                 name, version)
+    return out.drop(columns=["unscored_reason"], errors="ignore").assign(
+        label=labels, probability_positive=probabilities, unscored_reason=reasons.array,
+        model_name=name, model_version=version)
+
+
 def predict_frame(model, reviews, resolved: ResolvedModel, log=None, progress_mode: str | None = None,
                   inference_log=None):
-    """`reviews` with label, probability_positive, model_name and model_version appended, in input order.
+    """`reviews` (in memory) scored by `score_rows`, `CHUNK_ROWS` at a time, in input order.
 
     Progress (steps/runtime/progress.py): a bar, a line every ~10 s, or only the finish line; `log` receives the lines.
     `inference_log` (steps/serving/inference_log.InferenceLog), when given, records every scored chunk.
@@ -108,25 +173,14 @@ def predict_frame(model, reviews, resolved: ResolvedModel, log=None, progress_mo
     from steps.runtime.progress import Progress
 
     parts = []
-    name, version = resolved.name or resolved.uri, resolved.version
     with Progress("predict", len(reviews), "reviews", mode=progress_mode,
                   **({"log": log} if log is not None else {})) as progress:
         for start in range(0, len(reviews), CHUNK_ROWS):
-            texts = reviews[TEXT_COLUMN].iloc[start:start + CHUNK_ROWS].fillna("").astype(str)
-            scores = model.predict(pd.DataFrame({TEXT_COLUMN: texts}), params={"output": "probabilities"})
-            parts.append(scores)
-            if inference_log is not None:
-                inference_log.record(texts.tolist(), scores["label"].tolist(), scores["probability_positive"].tolist(),
-                                     name, version)
-            progress.update(len(texts))
-    scores = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(
-        {"label": pd.Series(dtype="int64"), "probability_positive": pd.Series(dtype="float64")})
-    out = reviews.reset_index(drop=True).copy()
-    out["label"] = scores["label"].astype("int64").to_numpy()
-    out["probability_positive"] = scores["probability_positive"].astype("float64").to_numpy()
-    out["model_name"] = name
-    out["model_version"] = version
-    return out
+            parts.append(score_rows(model, reviews.iloc[start:start + CHUNK_ROWS], resolved, inference_log))
+            progress.update(len(parts[-1]))
+    if not parts:
+        return score_rows(model, reviews, resolved)
+    return pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
 
 
 def output_frame(predictions, text_column: str = ""):
@@ -165,14 +219,61 @@ def write_predictions(frame, path: str) -> str:
 
 
 def prediction_summary(frame) -> dict:
-    """Counts for the log; accuracy too when the input carried labels."""
-    from sklearn.metrics import accuracy_score
+    """Counts for the log (see `tally`); accuracy too when the input carried labels."""
+    return summarize(tally(frame))
 
-    summary = {"rows": int(len(frame)),
-               "predicted_positive_share": round(float(frame["label"].mean()), 4) if len(frame) else 0.0}
-    if LABEL_COLUMN in frame.columns and frame[LABEL_COLUMN].notna().any():
-        known = frame[frame[LABEL_COLUMN].notna()]
-        summary["labelled_rows"] = int(len(known))
-        summary["accuracy_on_labelled_rows"] = round(float(accuracy_score(known[LABEL_COLUMN].astype(int),
-                                                                          known["label"])), 4)
+
+def tally(frame) -> dict:
+    """Additive counts of scored rows (a shard's, summed across shards): rows, scored, unscored per reason,
+    predicted positives, labelled scored rows and how many of those the model got right."""
+    scored = frame["unscored_reason"].isna() if "unscored_reason" in frame else frame["label"].notna()
+    counts = {"rows": int(len(frame)), "scored": int(scored.sum()),
+              "positive": int((frame["label"][scored] == 1).sum())}
+    for reason, n in frame["unscored_reason"][~scored].value_counts().items() if "unscored_reason" in frame else ():
+        counts[f"unscored_{reason}"] = int(n)
+    if LABEL_COLUMN in frame.columns:
+        known = scored & frame[LABEL_COLUMN].notna()
+        counts["labelled"] = int(known.sum())
+        counts["correct"] = int((frame[LABEL_COLUMN][known].astype(int) == frame["label"][known].astype(int)).sum())
+    return counts
+
+
+def add_tallies(*tallies: dict) -> dict:
+    total: dict = {}
+    for counts in tallies:
+        for key, n in counts.items():
+            total[key] = total.get(key, 0) + n
+    return total
+
+
+def summarize(counts: dict) -> dict:
+    """The summary of `tally` counts: rows, unscored rows (and per reason), the predicted positive share of the
+    scored rows, and accuracy on the labelled scored rows."""
+    summary = {"rows": counts.get("rows", 0), "scored_rows": counts.get("scored", 0),
+               "unscored_rows": counts.get("rows", 0) - counts.get("scored", 0),
+               **{k: v for k, v in sorted(counts.items()) if k.startswith("unscored_")},
+               "predicted_positive_share": round(counts["positive"] / counts["scored"], 4)
+               if counts.get("scored") else 0.0}
+    if counts.get("labelled"):
+        summary["labelled_rows"] = counts["labelled"]
+        summary["accuracy_on_labelled_rows"] = round(counts["correct"] / counts["labelled"], 4)
+    return summary
+
+
+def run_summary(results: list[dict]) -> dict:
+    """PredictFlow's summary from its shards' results (steps/lifecycle/shards.score_shard): the counts of
+    `summarize`, then speed over the window in which any shard was reading, scoring or writing, the slowest
+    model load, the largest peak memory and, with --explain, the explanations' cost."""
+    summary = summarize(add_tallies(*(r["counts"] for r in results)))
+    seconds = max(r["scoring_finished"] for r in results) - min(r["scoring_started"] for r in results)
+    summary.update(scoring_seconds=round(seconds, 3), shards=len(results),
+                   texts_per_s=round(summary["scored_rows"] / seconds, 2) if seconds > 0 else 0.0,
+                   model_load_seconds=max(r.get("model_load_seconds", 0.0) for r in results),
+                   peak_rss_mb=max(r["peak_rss_mb"] for r in results))
+    explained = [r["explain"] for r in results if r.get("explain")]
+    if explained:
+        done = sum(e["explained"] for e in explained)
+        summary.update(explain_explained=done, explain_max_abs_delta=max(e["max_abs_delta"] for e in explained),
+                       explain_seconds_per_review=round(sum(e["seconds_per_review"] * e["explained"]
+                                                            for e in explained) / done, 4) if done else 0.0)
     return summary

@@ -9,6 +9,7 @@ the run they want to break and leave it out of the `resume` that follows, so the
 points   a step's name (the start of its body: start, ingest, validate, split, tokenize, train, evaluate,
          register, end); train/after_epoch_<N> (epoch N is finished and checkpointed);
          register/after_version (the model version exists, its aliases are not set yet);
+         predict/shard_<k> (PredictFlow: shard k, counted from 0, has its model and has scored nothing yet);
          promote/after_alias (`champion` was moved, the move is not yet in the audit trail)
 mode     raise (default): raise InjectedFault; kill: SIGKILL this process (a lost task);
          hang: stop here until killed from outside (a test then kills the whole run, as a lost machine would)

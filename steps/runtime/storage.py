@@ -182,6 +182,13 @@ def upload_file(local_path: str | os.PathLike, uri: str) -> str:
     return uri
 
 
+def delete_object(uri: str) -> None:
+    """Remove the object `uri` (no error if it is already gone)."""
+    location = parse_s3(uri)
+    with guarded(uri):
+        s3_client().delete_object(Bucket=location.bucket, Key=location.key)
+
+
 class _StreamingRaw(io.RawIOBase):
     """A raw, read-only byte stream over a botocore StreamingBody, so io.BufferedReader can wrap it."""
 

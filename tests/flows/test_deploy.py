@@ -35,6 +35,11 @@ def monitor_template(s3_server, tmp_path_factory):
     return compiled_template("monitor_flow.py", s3_server, tmp_path_factory)
 
 
+@pytest.fixture(scope="module")
+def predict_template(s3_server, tmp_path_factory):
+    return compiled_template("predict_flow.py", s3_server, tmp_path_factory)
+
+
 def compiled_template(flow_file, s3_server, tmp_path_factory):
     """`argo-workflows create --only-json` with infra/k8s/metaflow-config.json; only the S3 endpoint and the
     metadata provider are pointed at this machine (the code package is uploaded to the local S3 server)."""
@@ -82,6 +87,20 @@ def test_monitor_flow_is_scheduled_in_the_project_and_ships_the_library(monitor_
     env = {e["name"]: e.get("value") for e in containers["end"]["env"]}
     config = json.loads((K8S / "metaflow-config.json").read_text())
     assert env["METAFLOW_ARGO_EVENTS_WEBHOOK_URL"] == config["METAFLOW_ARGO_EVENTS_WEBHOOK_URL"]
+
+
+def test_predict_flow_fans_its_shards_out_as_parallel_pods(predict_template):
+    """--shards K is a foreach: Argo runs the predict template once per shard, side by side, each on its GPU."""
+    templates = {t["name"]: t for t in predict_template["spec"]["templates"]}
+    assert templates["predict"]["container"]["resources"]["limits"] == {"nvidia.com/gpu": "1"}
+    # the flow's DAG fans out over the plan's splits (start's num-splits); each split's DAG runs one predict pod
+    [fan_out] = [task for task in templates["PredictFlow"]["dag"]["tasks"] if task.get("withParam")]
+    assert fan_out["withParam"] == "{{tasks.start.outputs.parameters.num-splits}}"
+    assert [task["template"] for task in templates[fan_out["template"]]["dag"]["tasks"]] == ["predict"]
+    assert "parallelism" not in templates[fan_out["template"]]  # the run-wide cap is `create --max-workers`:
+    assert predict_template["spec"]["parallelism"] == 100  # Metaflow's default, far above a usual --shards
+    parameters = {p["name"]: p["value"] for p in predict_template["spec"]["arguments"]["parameters"]}
+    assert parameters["shards"] == "1" and {"data", "output", "model-uri"} <= set(parameters)
 
 
 def test_argo_events_manifests_match_the_metaflow_config():

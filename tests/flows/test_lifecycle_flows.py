@@ -156,13 +156,20 @@ def test_predict_flow_scores_a_text_only_file_with_the_champion(lifecycle, use_m
     workdir, uri, steps, client = lifecycle
     assert steps["predict"][1].status == "successful", steps["predict"][1].stderr[-3000:]
     preds = pd.read_csv(workdir / "preds.csv", keep_default_na=False)
-    assert list(preds.columns) == ["reviewText", "label", "probability_positive", "model_name", "model_version"]
+    assert list(preds.columns) == ["source_file", "source_row", "reviewText", "label", "probability_positive",
+                                   "unscored_reason", "model_name", "model_version"]
     assert preds["reviewText"].tolist() == NEW_REVIEWS  # one row out per row in, same order
+    assert preds["source_row"].tolist() == list(range(1, len(NEW_REVIEWS) + 1))
     assert (preds["model_name"] == NAME).all() and (preds["model_version"] == 2).all()
+    # the empty review is not scored: no label, its reason; the others are the champion's answers
+    assert preds["unscored_reason"].tolist() == ["", "", "", "missing_text"]
+    assert preds["label"].iloc[3] == "" and preds["probability_positive"].iloc[3] == ""
     use_mlflow(uri)
-    expected = _champion_predictions(uri, NEW_REVIEWS, batch_size=2)  # as PredictFlow ran (--batch-size 2)
-    assert preds["label"].tolist() == expected["label"].tolist()
-    assert preds["probability_positive"].to_numpy() == pytest.approx(expected["probability_positive"].to_numpy())
+    expected = _champion_predictions(uri, NEW_REVIEWS[:3], batch_size=2)  # as PredictFlow ran (--batch-size 2)
+    assert preds["label"].iloc[:3].astype(int).tolist() == expected["label"].tolist()
+    assert preds["probability_positive"].iloc[:3].astype(float).to_numpy() == pytest.approx(
+        expected["probability_positive"].to_numpy())
+    assert steps["predict"][0].data.summary["unscored_missing_text"] == 1
 
 
 def _free_port() -> int:

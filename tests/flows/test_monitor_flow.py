@@ -124,8 +124,8 @@ def test_predict_flow_writes_the_inference_log_and_a_named_text_column(monitored
     run, executing = runs["predict"]
     assert executing.status == "successful", executing.stderr[-3000:]
     preds = pd.read_parquet(workdir / "fresh-preds.parquet")
-    assert list(preds.columns) == ["body", "reviewId", "label", "probability_positive", "model_name",
-                                   "model_version"]
+    assert list(preds.columns) == ["source_file", "source_row", "body", "reviewId", "label", "probability_positive",
+                                   "unscored_reason", "model_name", "model_version"]
     assert run.data.inference_log["records_written"] == 300 and run.data.inference_log["failed_writes"] == 0
     assert "Throughput:" in executing.stdout and "texts/s" in executing.stdout
     client, parent = mlflow_parent(uri, run)

@@ -57,9 +57,10 @@ def test_a_named_text_column_any_encoding_and_compression_are_read_like_ingest(t
 def test_output_format_follows_the_extension():
     assert [predict.check_output(p) for p in ("a.csv", "b.PARQUET", "c.jsonl", "d.csv.gz", "s3://b/k/e.jsonl.xz")] \
         == ["csv", "parquet", "jsonl", "csv", "jsonl"]
-    for bad in ("preds.xlsx", "preds.parquet.gz", "preds", "s3://bucket/out/"):
-        with pytest.raises(ReviewflowError, match=f"--output {bad}: write .csv, .parquet or .jsonl"):
+    for bad in ("preds.xlsx", "preds.parquet.gz", "preds"):
+        with pytest.raises(ReviewflowError, match=f"--output {bad}: write .csv, .parquet or .jsonl.*end it in /"):
             predict.check_output(bad)
+    assert predict.check_output("s3://bucket/out/") == predict.check_output("out/") == "directory"
     with pytest.raises(ReviewflowError, match="no bucket name"):
         predict.check_output_location("s3:///preds.csv")
 
@@ -81,6 +82,7 @@ def test_model_uris_are_pinned_to_a_version(registered):
     assert (pinned.uri, pinned.name, pinned.version) == ("models:/review-classifier/1", "review-classifier", "1")
     assert predict.resolve_model_uri(registered, "models:/review-classifier/1").uri == "models:/review-classifier/1"
     assert predict.resolve_model_uri(registered, "runs:/abc/model").uri == "runs:/abc/model"
+    assert predict.resolve_model_uri(registered, "models:/m-0a1b").uri == "models:/m-0a1b"  # a LoggedModel id
     with pytest.raises(ReviewflowError, match="has no alias 'staging'"):
         predict.resolve_model_uri(registered, "models:/review-classifier@staging")
     with pytest.raises(ReviewflowError, match="has no version 7"):
@@ -94,21 +96,29 @@ def test_every_row_is_scored_in_input_order_and_written(registered, tmp_path):
                                                     dtype="string"),
                             "isPositive": pd.array([1, 0, 0, 1, 0], dtype="Int64")})
     out = predict.predict_frame(model, reviews, resolved, log=lambda _: None)
-    assert out.columns.tolist() == ["reviewText", "isPositive", "label", "probability_positive", "model_name",
-                                    "model_version"]
+    assert out.columns.tolist() == ["reviewText", "isPositive", "label", "probability_positive", "unscored_reason",
+                                    "model_name", "model_version"]
     assert out["reviewText"].tolist()[2:] == ["terrible junk", "love it", "broken"]
+    # a row without text is not given a label: it gets its reason, and is counted apart
+    assert out["label"].isna().tolist() == [False, True, False, False, False]
+    assert out["unscored_reason"].fillna("").tolist() == ["", "missing_text", "", "", ""]
+    assert out["probability_positive"].isna().tolist() == out["label"].isna().tolist()
+    scored = out.drop(index=1)
     alone = model.predict(pd.DataFrame({"reviewText": ["terrible junk"]}),  # batching does not change a row
                           params={"output": "probabilities"})
     assert out["probability_positive"].iloc[2] == pytest.approx(alone["probability_positive"].iloc[0], abs=1e-6)
-    assert ((out["label"] == 1) == (out["probability_positive"] >= 0.5)).all()
+    assert ((scored["label"] == 1) == (scored["probability_positive"] >= 0.5)).all()
     assert (out["model_version"] == "1").all()
     summary = predict.prediction_summary(out)
-    assert summary["rows"] == 5 and summary["labelled_rows"] == 5 and 0 <= summary["accuracy_on_labelled_rows"] <= 1
+    assert (summary["rows"], summary["scored_rows"], summary["unscored_rows"], summary["unscored_missing_text"],
+            summary["labelled_rows"]) == (5, 4, 1, 1, 4)
+    right = int((scored["label"] == scored["isPositive"]).sum())
+    assert summary["accuracy_on_labelled_rows"] == round(right / 4, 4)
     for name in ("p.csv", "p.parquet", "p.jsonl"):
         path = predict.write_predictions(out, str(tmp_path / name))
         back = pd.read_parquet(path) if name.endswith("parquet") else (
             pd.read_csv(path) if name.endswith("csv") else pd.read_json(path, lines=True))
-        assert len(back) == 5 and back["label"].tolist() == out["label"].tolist()
+        assert len(back) == 5 and back["label"].astype("Int64").tolist() == out["label"].tolist()
     with pytest.raises(ReviewflowError, match="--batch-size"):
         predict.load_model(resolved, batch_size=0)
 
