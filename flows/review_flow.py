@@ -11,7 +11,7 @@ from metaflow import FlowSpec, card, config_expr, current, project, resources, r
 
 from flowkit.checkpoints import clear_training_checkpoints, training_checkpoints
 from flowkit.launch import main
-from flowkit.metaflow_internals import datastore_root, render_card_now
+from flowkit.metaflow_internals import datastore_root, render_card_now, settled
 from flowkit.packaging import ship_library
 from flowkit.parameters import flow_parameters, setting_values, settings
 from flowkit.project import deploy_config
@@ -72,8 +72,10 @@ class ReviewFlow(FlowSpec):
             options = IngestOptions.from_parameters(self.text_column, self.label_column, self.positive_values,
                                                     self.negative_values, self.positive_if, self.encoding)
             result = ingest_reviews(run, self.mlflow_run_id, self.data, self.max_rows, self.seed, options)
-        self.reviews, self.fingerprint, self.ingest_summary = result.frame, result.fingerprint, result.summary()
-        self.review_origin, self.ingest_rejects = result.origin, result.rejected
+        # settled: as the later steps read them back, so Metaflow stores the reviews once, not again per reader
+        self.reviews, self.fingerprint, self.ingest_summary = settled(result.frame), result.fingerprint, \
+            result.summary()
+        self.review_origin, self.ingest_rejects = settled(result.origin), result.rejected
         self.next(self.validate)
 
     @retry(times=0)
@@ -98,9 +100,10 @@ class ReviewFlow(FlowSpec):
             decision = retrain.should_retrain(run.client, self.model_name, self.training_inputs, self.force_retrain,
                                               why={"model": model_choice(self)["why"]})
             run.tags({"retrain": decision.route, "retrain_reason": decision.reason})
-        self.clean, self.quarantine, self.validation = report.clean, report.quarantine, report.metrics()
+        # the clean rows as positions in self.reviews: the datastore keeps the reviews once (split likewise)
+        self.clean_rows, self.quarantine, self.validation = report.clean_rows, report.quarantine, report.metrics()
         self.drift, self.retrain_reason, self.route = drift.as_dict(), decision.reason, decision.route
-        print(f"Validation passed: {len(self.clean)} clean rows, {report.quarantined} quarantined.\n"
+        print(f"Validation passed: {len(report.clean)} clean rows, {report.quarantined} quarantined.\n"
               f"{'Training' if decision.retrain else 'Not training'}: {decision.reason}")
         self.next({"train": self.split, "unchanged": self.end}, condition="route")
 
@@ -108,11 +111,12 @@ class ReviewFlow(FlowSpec):
     @step
     def split(self):
         from steps.data.split import split_reviews
+        from steps.data.validate import rows_of
 
         with step_run(self, "split") as run:
-            parts = split_reviews(self.clean, seed=self.seed)
+            parts = split_reviews(rows_of(self.reviews, self.clean_rows), seed=self.seed)
             run.metrics({f"{name}_rows": n for name, n in parts.sizes().items()})
-        self.train_rows, self.validation_rows, self.test_rows = parts.train, parts.validation, parts.test
+        self.split_rows = {name: self.clean_rows[rows] for name, rows in parts.rows.items()}  # positions in reviews
         self.split_sizes = parts.sizes()
         print(f"Split (grouped by review, stratified): {parts.sizes()}")
         self.next(self.tokenize)
@@ -123,7 +127,7 @@ class ReviewFlow(FlowSpec):
         from steps.training.tokenize import tokenize_and_profile
 
         with step_run(self, "tokenize") as run:
-            frames = {"train": self.train_rows, "validation": self.validation_rows, "test": self.test_rows}
+            frames = split_frames(self, "train", "validation", "test")
             self.tokens, self.token_stats, self.training_profile = tokenize_and_profile(
                 run, frames, base_model(self), self.max_length)
         print(f"Tokenized: train length mean {self.token_stats['train']['length_mean']}, "
@@ -161,15 +165,16 @@ class ReviewFlow(FlowSpec):
 
         clear_training_checkpoints(self, self.trained_by)  # the trained model is an artifact now
         with step_run(self, "evaluate") as run, loaded(self.classifier) as model:  # the weights, read once
-            baseline = evaluate_baseline(run, self.train_rows, self.test_rows, self.seed)  # TF-IDF, same rows
+            frames = split_frames(self, "train", "test")
+            baseline = evaluate_baseline(run, frames["train"], frames["test"], self.seed)  # TF-IDF, same rows
             evaluation, verdict, served = evaluate_served_model(
-                run, self.mlflow_run_id, model, self.tokens["test"], self.test_rows, self.history,
+                run, self.mlflow_run_id, model, self.tokens["test"], frames["test"], self.history,
                 self.model_name, max_length=self.max_length, trained_by=self.trained_by,
                 gate_settings=setting_values(self, "gate", exclude=("promote",), python_names=True),
                 serving_backend=self.serving_backend, cuda_precision=self.train_summary["precision"],
                 baseline_f1=baseline.metrics["f1"],
                 parity_rules=ParityRules(int8_max_drop=self.int8_max_drop, int8_max_flipped=self.int8_max_flipped))
-            self.explanations = explain_test_reviews(run, model, self.test_rows, evaluation.probabilities,
+            self.explanations = explain_test_reviews(run, model, frames["test"], evaluation.probabilities,
                                                      evaluation.confident_errors, self.max_length,
                                                      self.explain_steps, self.seed)
         self.served_model = served.__dict__  # the logged model that was scored: register registers exactly it
@@ -214,6 +219,14 @@ class ReviewFlow(FlowSpec):
                 served=self.served_model if trained else None, baseline=self.baseline if trained else None,
                 model_choice={**model_choice(self), "epochs": self.train_config.epochs})
             print(self.run_summary)
+
+
+def split_frames(flow, *names: str) -> dict:
+    """The rows of the named splits (train, validation, test), from the one stored copy of the reviews."""
+    from steps.data.validate import rows_of
+
+    reviews = flow.reviews  # read from the datastore once
+    return {name: rows_of(reviews, flow.split_rows[name]) for name in names}
 
 
 def base_model(flow) -> str:

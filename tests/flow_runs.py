@@ -82,6 +82,14 @@ def open_run(pathspec: str, workdir: Path):
     return Run(pathspec)
 
 
+def split_rows(run, name: str):
+    """The rows of split `name` (train, validation, test) of a finished ReviewFlow run, as its steps read them:
+    positions into the one stored copy of the reviews."""
+    from steps.data.validate import rows_of
+
+    return rows_of(run.data.reviews, run.data.split_rows[name])
+
+
 def card_components(task, card_id: str) -> list[dict]:
     """The components of a task's Metaflow card (its data is embedded in the HTML as base64 JSON), flattened."""
     from metaflow.cards import get_cards

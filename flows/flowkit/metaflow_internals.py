@@ -20,12 +20,18 @@ look for a public replacement first.
 - how a failed step's exception is printed: Metaflow prints any exception that is not its own as "Internal error"
   with a traceback. A ReviewflowError is a problem the user can fix, and its message says what to do; it is
   printed as that message alone. Every other exception keeps Metaflow's "Internal error" and its traceback.
+- how artifacts are stored: pickled with protocol 4 (its pickle serializer) and content-addressed. A step that
+  reads an artifact stores it again (it is set on the flow then), which costs nothing when the bytes are the same;
+  but a pandas frame's pickle changes in its first round trip (same data, other bytes), so a frame stored as built
+  was stored twice, the second time by the first step that read it. `settled` stores it as it will be read back
+  (tests/flows/test_review_flow.py checks that the reviews are stored once).
 """
 from __future__ import annotations
 
 from metaflow import current
 
 PINNED_METAFLOW = "2.19.39"
+PICKLE_PROTOCOL = 4  # metaflow/plugins/datastores/serializers/pickle_serializer.py
 
 
 def datastore_type(flow) -> str:
@@ -102,3 +108,11 @@ def print_user_errors_plainly(flow_class, record=None) -> None:
 
     print_unknown_exception.__wrapped__ = original
     metaflow_cli.print_unknown_exception = print_unknown_exception
+
+
+def settled(obj):
+    """`obj` as a later step reads it back from the datastore (pickled and unpickled once, as Metaflow does), so
+    that the bytes Metaflow stores again when that step reads it are the bytes it stored first: one blob."""
+    import pickle
+
+    return pickle.loads(pickle.dumps(obj, protocol=PICKLE_PROTOCOL))

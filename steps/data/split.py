@@ -6,7 +6,7 @@ exact duplicate can never sit in train and test at once.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from schemas import GROUP_COLUMN, LABEL_COLUMN, TEXT_COLUMN
 from steps.runtime.errors import ReviewflowError
@@ -17,6 +17,7 @@ class Split:
     train: object
     validation: object
     test: object
+    rows: dict = field(default_factory=dict)  # name -> positions of its rows in the frame that was split
 
     def sizes(self) -> dict:
         return {"train": len(self.train), "validation": len(self.validation), "test": len(self.test)}
@@ -154,7 +155,7 @@ def split_reviews(frame, test_fraction: float = 0.2, validation_fraction: float 
     train_idx, val_idx = _fold(labels[rest], groups[rest], inner_fraction, seed + 1)
     rows = {"train": rest[train_idx], "validation": rest[val_idx], "test": test}
     _raise_on_overlap({name: [codes[index] for codes in keys] for name, index in rows.items()})
-    return Split(**{name: frame.iloc[index].reset_index(drop=True) for name, index in rows.items()})
+    return Split(**{name: frame.iloc[index].reset_index(drop=True) for name, index in rows.items()}, rows=rows)
 
 
 def check_no_leakage(split: Split) -> dict:

@@ -37,6 +37,7 @@ class ValidationReport:
     failures: list[dict] = field(default_factory=list)  # fatal problems, one dict per failed check
     gx_result: dict = field(default_factory=dict)  # the GX validation result, JSON form (long values trimmed)
     docs_index: str | None = None  # the Data Docs site's index.html, when it was built
+    clean_rows: object = None  # np.ndarray: positions of the clean rows in the validated frame (clean = rows_of)
 
     @property
     def quarantined(self) -> int:
@@ -225,6 +226,16 @@ def _failure(result: dict, indexes: list[int], frame, origin) -> dict:
     }
 
 
+def rows_of(frame, positions):
+    """The rows of a canonical frame at `positions`, as the steps after validate use them: renumbered from 0, the
+    label as int64 where none is missing. ReviewFlow stores the frame once (ingest) and positions after it (the
+    clean rows, each split), so the datastore holds the reviews once: `rows_of(reviews, split_rows["test"])`."""
+    frame = frame.iloc[positions].reset_index(drop=True)
+    if len(frame) and LABEL_COLUMN in frame and not frame[LABEL_COLUMN].isna().any():
+        frame[LABEL_COLUMN] = frame[LABEL_COLUMN].astype("int64")
+    return frame
+
+
 def validate_reviews(frame, max_bad_fraction: float = 0.05, origin=None, rejected=None,
                      docs_dir: str | None = None) -> ValidationReport:
     """Validate canonical rows against the suite; quarantine failing rows; decide the verdict.
@@ -233,6 +244,7 @@ def validate_reviews(frame, max_bad_fraction: float = 0.05, origin=None, rejecte
     numbered 1.. in frame order. rejected: records ingest set aside (source_file, source_row, reason, ...).
     docs_dir: build the GX Data Docs site there.
     """
+    import numpy as np
     import pandas as pd
 
     if not 0 <= max_bad_fraction < 1:
@@ -287,7 +299,8 @@ def validate_reviews(frame, max_bad_fraction: float = 0.05, origin=None, rejecte
                          f"{_excerpt(getattr(row, TEXT_COLUMN), 60)!r}"
                          for row in quarantine.head(EXAMPLES_PER_FAILURE).itertuples()],
         })
-    clean = frame.drop(index=bad).reset_index(drop=True)
+    clean_rows = np.setdiff1d(np.arange(len(frame)), np.asarray(bad, dtype=np.int64))
+    clean = rows_of(frame, clean_rows)
 
     if not failures:
         # Quarantine can remove a whole class; the clean rows must still be trainable.
@@ -301,12 +314,11 @@ def validate_reviews(frame, max_bad_fraction: float = 0.05, origin=None, rejecte
                 "observed": f"classes {sorted(classes)} in {len(clean)} clean rows",
                 "examples": [],
             })
-    if len(clean) and not clean[LABEL_COLUMN].isna().any():
-        clean[LABEL_COLUMN] = clean[LABEL_COLUMN].astype("int64")
     return ValidationReport(
         success=not failures,
         rows_in=rows_in,
         clean=clean,
+        clean_rows=clean_rows,
         quarantine=quarantine,
         max_bad_fraction=max_bad_fraction,
         failures=failures,

@@ -64,16 +64,17 @@ def main() -> None:
                                      experiment="reviewflow-evaluate-profile")
     with tracking.step_run(uri, parent, "evaluate", f"EvaluateProfile/{run_id}/evaluate/0") as run:
         marks.append(("imports + MLflow step run", time.perf_counter()))
-        baseline = evaluate_baseline(run, data.train_rows, data.test_rows, data.seed)
+        train_rows, test_rows = split_of(data, "train"), split_of(data, "test")
+        baseline = evaluate_baseline(run, train_rows, test_rows, data.seed)
         marks.append(("TF-IDF baseline", time.perf_counter()))
         with loaded(data.classifier) as model:  # as the step does: the weights read once
             marks.append(("loading the trained classifier", time.perf_counter()))
             evaluation, _, _ = evaluate_served_model(
-                run, parent, model, data.tokens["test"], data.test_rows, data.history, "reviewflow-evaluate-profile",
+                run, parent, model, data.tokens["test"], test_rows, data.history, "reviewflow-evaluate-profile",
                 max_length=data.max_length, trained_by=f"evaluate-profile-{time.time()}", gate_settings={},
                 serving_backend="auto", cuda_precision="fp32", baseline_f1=baseline.metrics["f1"])
             marks.append(("served model: export, parity, log", time.perf_counter()))
-            explain_test_reviews(run, model, data.test_rows, evaluation.probabilities, evaluation.confident_errors,
+            explain_test_reviews(run, model, test_rows, evaluation.probabilities, evaluation.confident_errors,
                                  data.max_length, data.explain_steps, data.seed)
             marks.append(("explanations", time.perf_counter()))
     profile.disable()
@@ -83,6 +84,15 @@ def main() -> None:
     print(f"{'in all':45s} {marks[-1][1] - marks[0][1]:7.2f} s\n")
     pstats.Stats(profile, stream=sys.stdout).sort_stats("cumulative").print_stats(args.top)
 
+
+
+def split_of(data, name: str):
+    """A split's rows of the kept run (runs from before the reviews were stored once keep them as frames)."""
+    if "split_rows" not in data:
+        return getattr(data, f"{name}_rows")
+    from steps.data.validate import rows_of
+
+    return rows_of(data.reviews, data.split_rows[name])
 
 if __name__ == "__main__":
     main()

@@ -14,6 +14,8 @@ def test_split_is_deterministic_sized_and_keeps_reviews_together():
     sizes = a.sizes()
     assert sum(sizes.values()) == 400
     assert abs(sizes["test"] / 400 - 0.2) < 0.05 and abs(sizes["validation"] / 400 - 0.1) < 0.05
+    for name, part in a.frames().items():  # each split is also its positions in the frame that was split
+        pd.testing.assert_frame_equal(frame.iloc[a.rows[name]].reset_index(drop=True), part)
     ids = {name: set(part["reviewId"]) for name, part in a.frames().items()}
     assert not ids["train"] & ids["test"] and not ids["train"] & ids["validation"]
     assert not ids["validation"] & ids["test"]

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from steps.data.ingest import canonicalize
-from steps.data.validate import label_conflicts, log_validation, require_valid, validate_reviews
+from steps.data.validate import label_conflicts, log_validation, require_valid, rows_of, validate_reviews
 from steps.runtime import tracking
 from steps.runtime.errors import ReviewflowError
 from tests.fixtures import review_frame
@@ -44,6 +44,9 @@ def test_row_problems_are_quarantined_with_reasons_and_source_rows():
     reasons = dict(zip(report.quarantine["source_row"], report.quarantine["reason"]))
     assert reasons == {4: "blank_text", 8: "missing_text", 10: "missing_label", 12: "text_too_long"}
     assert len(report.clean) == 96 and report.clean["isPositive"].dtype == "int64"
+    # the clean rows are also positions in the validated frame: ReviewFlow stores those, not a second frame
+    assert sorted(set(range(100)) - set(report.clean_rows.tolist())) == [3, 7, 9, 11]
+    pd.testing.assert_frame_equal(rows_of(canonical(frame), report.clean_rows), report.clean)
     metrics = report.metrics()
     counts = (metrics["quarantined_blank_text"], metrics["quarantined_text_too_long"], metrics["rows_quarantined"])
     assert counts == (1, 1, 4)

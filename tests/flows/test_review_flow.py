@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from tests.flow_runs import BRANCH_MODEL, TINY_TRAINING, card_components, run_flow
+from tests.flow_runs import BRANCH_MODEL, TINY_TRAINING, card_components, run_flow, split_rows
 
 pytestmark = pytest.mark.flow
 STEPS = ["ingest", "validate", "split", "tokenize", "train", "evaluate", "register"]
@@ -73,13 +73,35 @@ def test_flow_artifacts_show_what_happened(finished):
     assert "test accuracy" in executing.stdout and f"models:/{BRANCH_MODEL}/1" in executing.stdout
 
 
+def test_the_datastore_holds_the_reviews_once(finished):
+    """After ingest, the steps store positions, not frames: the only stored frames with review texts are the
+    reviews and the (here empty) quarantine and ingest set-asides; the splits are disjoint positions of the clean
+    rows, which are all rows here."""
+    run = finished[0]
+    framed, blobs = set(), {}
+    for step in run:
+        for artifact in step.task.artifacts:
+            blobs.setdefault(artifact.id, {})[artifact.sha] = step.id
+            data = artifact.data
+            if isinstance(data, pd.DataFrame) and "reviewText" in data.columns:
+                framed.add(artifact.id)
+    assert sorted(framed) == ["ingest_rejects", "quarantine", "reviews"]
+    stored_again = {name: shas for name, shas in blobs.items() if len(shas) > 1}
+    assert not stored_again, stored_again  # an artifact later steps read is stored once
+    positions = run.data.split_rows
+    assert sorted(np.concatenate(list(positions.values())).tolist()) == run.data.clean_rows.tolist() == \
+        list(range(400))
+    assert {name: len(rows) for name, rows in positions.items()} == run.data.split_sizes
+    assert split_rows(run, "test")["isPositive"].dtype == "int64"
+
+
 def test_validate_step_reports_and_the_version_keeps_its_training_profile(finished, tmp_path):
     run, executing, uri = finished
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     profile_uri = client.get_model_version(BRANCH_MODEL, "1").tags["training_profile"]
     run_id, _, path = profile_uri.removeprefix("runs:/").partition("/")
     profile = json.loads(Path(client.download_artifacts(run_id, path, str(tmp_path))).read_text())
-    assert profile == run.data.training_profile and profile["rows"] == len(run.data.train_rows)
+    assert profile == run.data.training_profile and profile["rows"] == len(split_rows(run, "train"))
     assert run.data.drift["status"] == "no_champion" and "Drift check skipped" in executing.stdout
     experiment = client.get_experiment_by_name("reviewflow")
     (validate,) = [r for r in client.search_runs([experiment.experiment_id]) if r.info.run_name == "validate"]
@@ -119,7 +141,7 @@ def test_the_registered_version_is_the_evaluated_one_and_mlflow_evaluate_works_o
     run, executing, uri = finished
     use_mlflow(uri)
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    test_rows, recorded = run.data.test_rows, run.data.test_metrics
+    test_rows, recorded = split_rows(run, "test"), run.data.test_metrics
     version = client.get_model_version(BRANCH_MODEL, "1")
     assert version.source == run.data.served_model["model_uri"]  # registered exactly the model evaluate scored
     model = mlflow.pyfunc.load_model(f"models:/{BRANCH_MODEL}/1")
@@ -146,17 +168,17 @@ def test_the_baseline_and_the_explanations_sit_beside_the_model(finished, tmp_pa
     metrics, a loadable model, the summary, the gate's record), and explains test reviews word by word."""
     run, executing, uri = finished
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    baseline = run.data.baseline
-    assert baseline["metrics"]["rows"] == run.data.test_metrics["rows"] == len(run.data.test_rows)
+    baseline, test_rows = run.data.baseline, split_rows(run, "test")
+    assert baseline["metrics"]["rows"] == run.data.test_metrics["rows"] == len(test_rows)
     (evaluate,) = [r for r in client.search_runs([client.get_experiment_by_name("reviewflow").experiment_id])
                    if r.info.run_name == "evaluate"]
     assert evaluate.data.metrics["baseline_test_f1"] == pytest.approx(baseline["metrics"]["f1"])
     assert baseline["model_uri"] == f"runs:/{evaluate.info.run_id}/baseline"
     use_mlflow(uri)
-    scored = mlflow.pyfunc.load_model(baseline["model_uri"]).predict(run.data.test_rows[["reviewText"]],
+    scored = mlflow.pyfunc.load_model(baseline["model_uri"]).predict(test_rows[["reviewText"]],
                                                                      params={"output": "probabilities"})
     assert scored.columns.tolist() == ["label", "probability_positive"]
-    assert (scored["label"] == run.data.test_rows["isPositive"]).mean() == pytest.approx(
+    assert (scored["label"] == test_rows["isPositive"]).mean() == pytest.approx(
         baseline["metrics"]["accuracy"])
     summary = run.data.run_summary
     assert "| baseline   | TF-IDF (word 1-2 grams) + logistic regression: accuracy " in summary
@@ -174,7 +196,7 @@ def test_the_baseline_and_the_explanations_sit_beside_the_model(finished, tmp_pa
     assert [r["row"] for r in errors] == [e["row"] for e in confident][:5]  # the most confident first
     assert len(explained["reviews"]) - len(errors) == 3 and explained["n_steps"] == 32
     for review in explained["reviews"]:
-        assert review["text"] == " ".join(run.data.test_rows["reviewText"][review["row"]].split())
+        assert review["text"] == " ".join(test_rows["reviewText"][review["row"]].split())
         total = sum(t["score"] for t in review["tokens"])
         change = review["logit_difference"] - review["reference_logit_difference"]
         assert abs(total - change) == pytest.approx(abs(review["delta"]), abs=1e-4)
