@@ -8,9 +8,12 @@ probabilities on every row; int8 within `int8_max_drop` of its accuracy and of i
 or the one asked for), and one MLflow LoggedModel carrying the weights, the tokenizer, both ONNX graphs, the model
 code, its signature, an input example and pinned requirements.
 
-The served backend's scores of the test rows are the evaluation's: they come from the same `Scorer` class (the
-logged model's own code), the same files and the same settings as the logged model's predict path, so what is
-served is exactly what was evaluated for the same request, all the test rows at once
+Parity is judged on the test rows, or on a fixed seeded sample of `PARITY_ROWS` of them where there are more
+(a million-row table has 200,000 test rows: three backends scoring all of them would be most of the run); the
+chosen backend then scores all the test rows once. The served backend's scores of the test rows are the
+evaluation's: they come from the same `Scorer` class (the logged model's own code), the same files and the same
+settings as the logged model's predict path, so what is served is exactly what was evaluated for the same request,
+all the test rows at once
 (tests/serving/test_package.py and tests/flows/test_review_flow.py load the logged model and check it, row by
 row). `register` registers exactly that model.
 
@@ -37,6 +40,7 @@ INT8_MAX_DROP = 0.003  # --int8-max-drop: accuracy and F1 each at most 0.3 point
 INT8_MAX_FLIPPED = 0.01  # --int8-max-flipped: at most 1% of the test predictions differ from PyTorch's
 BATCH_SIZE = 64
 WARM_UP = 16  # texts scored before a backend is timed: first-call allocations are not its speed
+PARITY_ROWS = 2_000  # test rows every backend scores for parity: all of them up to this, else a seeded sample
 # Which backend serves: the first in this order that passes parity. On a CPU the fastest first (docs/benchmarks.md,
 # Serving: int8 about 2x ONNX fp32, ONNX fp32 2-3x PyTorch); with a GPU, PyTorch on it.
 PREFERENCE = ("onnx-int8", "onnx", "torch")
@@ -115,6 +119,17 @@ def score_backends(classifier_dir: str, onnx_files: dict, texts: list[str], max_
         probs = scorer.probabilities(texts)
         scored[backend] = (probs, time.perf_counter() - started)
     return scored
+
+
+def parity_sample(rows: int, limit: int | None = None, seed: int = 0):
+    """Positions of the test rows parity is judged on: None (all of them) up to `limit` (PARITY_ROWS), else a
+    sorted sample of `limit` positions, the same for the same row count."""
+    import numpy as np
+
+    limit = limit or PARITY_ROWS
+    if rows <= limit:
+        return None
+    return np.sort(np.random.default_rng(seed).choice(rows, size=limit, replace=False))
 
 
 def judge_parity(scored: dict, labels, rules: ParityRules = ParityRules()) -> dict:
@@ -217,6 +232,7 @@ def build_served_model(classifier_dir: str, texts: list[str], labels, *, max_len
     import tempfile
 
     import mlflow
+    import numpy as np
     import pandas as pd
 
     from steps.serving.onnx_export import export_onnx, model_shape, optimize_onnx, quantize_int8
@@ -247,15 +263,22 @@ def build_served_model(classifier_dir: str, texts: list[str], labels, *, max_len
             artifacts.update(onnx_fp32=str(fp32), onnx_int8=str(int8))
             if gpu:
                 model = model.to(pick_device())  # the caller's model moves too (explanations run there as well)
-            scored = score_backends(classifier_dir, onnx_files, texts, max_length, model=model, tokenizer=tokenizer)
-            parity = judge_parity(scored, labels, rules)
+            sample = parity_sample(len(texts))
+            sampled = texts if sample is None else [texts[i] for i in sample]
+            scored = score_backends(classifier_dir, onnx_files, sampled, max_length, model=model, tokenizer=tokenizer)
+            parity = judge_parity(scored, labels if sample is None else np.asarray(labels)[sample], rules)
             chosen, why = choose_backend(parity, backend, gpu=gpu)
             scores = scored[chosen][0]
-            if chosen == "torch" and gpu and cuda_precision in ("bf16", "fp16"):
-                from steps.serving.classifier_model import Scorer  # served in the training precision: score so
+            served_precision = cuda_precision if chosen == "torch" and gpu else "fp32"
+            if sample is not None or served_precision in ("bf16", "fp16"):  # all test rows, as the model serves
+                from steps.serving.classifier_model import Scorer
 
-                scores = Scorer(classifier_dir, "torch", None, max_length, BATCH_SIZE, cuda_precision, model=model,
+                scores = Scorer(classifier_dir, chosen, onnx_files.get(chosen), max_length, BATCH_SIZE,
+                                served_precision, model=model if chosen == "torch" else None,
                                 tokenizer=tokenizer).probabilities(texts)
+            if sample is not None:
+                log(f"parity judged on a seeded sample of {len(sample):,} of the {len(texts):,} test rows; "
+                    f"{chosen} scored all of them")
         else:
             parity, chosen, why = {}, "torch", "PyTorch only (no ONNX variants were made)"
         if graph:

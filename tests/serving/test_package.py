@@ -253,6 +253,38 @@ def test_the_served_backends_scores_are_what_the_logged_model_predicts(trained, 
         assert served.scorecard().startswith("accuracy/F1 on the test rows: torch ")
 
 
+def test_parity_on_a_seeded_sample_of_many_test_rows_then_the_served_backend_scores_them_all(trained, tracking_uri,
+                                                                                               monkeypatch):
+    """With more test rows than PARITY_ROWS every backend scores the same seeded sample for parity, and only the
+    chosen one scores all the rows: its scores are still exactly what the logged model predicts."""
+    import mlflow
+
+    from steps.evaluation.evaluate import served_probabilities
+    from steps.serving import package
+
+    assert package.parity_sample(2_000) is None and package.parity_sample(5, limit=10) is None
+    sample = package.parity_sample(50_000)
+    assert len(sample) == package.PARITY_ROWS and (np.diff(sample) > 0).all()
+    assert np.array_equal(sample, package.parity_sample(50_000))  # the same rows every time
+    monkeypatch.setattr(package, "PARITY_ROWS", 24)
+    rows = review_frame(60, seed=11)
+    texts, labels = rows[TEXT_COLUMN].tolist(), rows[LABEL_COLUMN]
+    said = []
+    with mlflow.start_run():
+        served, scores = package.build_served_model(trained, texts, labels, max_length=32, trained_by="t-sample",
+                                                    backend="onnx", log=said.append)
+    assert any("parity judged on a seeded sample of 24 of the 60 test rows; onnx scored all of them" in line
+               for line in said)
+    from steps.serving.classifier_model import Scorer
+
+    reference = Scorer(trained, "torch", None, 32, 8).probabilities([texts[i] for i in package.parity_sample(60)])
+    assert served.parity["torch"]["accuracy"] == pytest.approx(
+        float(((reference >= 0.5) == np.asarray(labels)[package.parity_sample(60)]).mean()))
+    assert len(scores) == 60
+    logged = mlflow.pyfunc.load_model(served.model_uri, model_config={"inference_log": False})
+    assert np.array_equal(served_probabilities(logged, texts), scores)
+
+
 def test_a_graph_whose_attention_does_not_fuse_says_so(classifier, tmp_path, monkeypatch):
     """Exported with the model's SDPA attention (as before the eager switch), the attention pattern is not one the
     optimizer knows: the rest fuses, and the result says that attention did not (the card and the log show it)."""
