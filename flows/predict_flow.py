@@ -88,6 +88,7 @@ class PredictFlow(FlowSpec):
     def predict(self):
         import time
 
+        from flowkit.events import on_argo
         from flowkit.step_runs import fault_point
         from steps.data.mapping import IngestOptions
         from steps.lifecycle.predict import ResolvedModel, load_model
@@ -99,7 +100,9 @@ class PredictFlow(FlowSpec):
         resolved = ResolvedModel(**self.model)
         options = IngestOptions.from_parameters(text_column=self.text_column, encoding=self.encoding)
         tracking.client(self.tracking_uri)  # points MLflow (registry included) at the flow's store
-        with threads.lease():  # shards side by side share the machine's cores
+        # shards side by side share this machine's cores, each from its first thread on (its onnxruntime session
+        # cannot be resized later); on Argo each shard is a pod with its own CPU quota
+        with threads.lease(siblings=1 if on_argo() else shard["of"]):
             fault_point()
             started = time.perf_counter()
             model = load_model(resolved, self.batch_size)

@@ -35,6 +35,7 @@ POOL_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", 
 _lease: Path | None = None  # this process's lease file while it holds one
 _applied: int | None = None  # the thread count last given to the pools
 _written: str | None = None  # the OMP_NUM_THREADS this module wrote (so it is not mistaken for the user's)
+_siblings = 1  # tasks of this step known to start side by side on this machine (lease(siblings=)), this one included
 
 
 def core_lease_dir() -> Path:
@@ -126,13 +127,19 @@ def share(folder: Path | None = None) -> int:
     if explicit:
         return explicit
     holders = set(live_leases(folder)) | {os.getpid()}  # with a lease or not, this process computes too
-    return max(1, usable_cores() // len(holders))
+    return max(1, usable_cores() // max(len(holders), _siblings))
 
 
-def take_lease(folder: Path | None = None) -> int:
+def take_lease(folder: Path | None = None, siblings: int = 1) -> int:
     """Register this process as using cores, size the pools to its share, and return the share. A lease that
-    cannot be written (an unwritable temp folder) is done without: the share is still computed and applied."""
-    global _lease
+    cannot be written (an unwritable temp folder) is done without: the share is still computed and applied.
+
+    `siblings`: how many tasks of this step start side by side on this machine (this one included), e.g. the shards
+    of a local `foreach`. Their leases appear over a second or two, and a pool sized before the last one appeared
+    (an onnxruntime session cannot be resized) would oversubscribe the cores for the whole task; so the share is
+    never more than usable cores // siblings."""
+    global _lease, _siblings
+    _siblings = max(1, siblings)
     folder = folder or core_lease_dir()
     try:
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -145,16 +152,18 @@ def take_lease(folder: Path | None = None) -> int:
 
 
 @contextmanager
-def lease():
-    """`with lease():` hold a core lease (sized pools) for the block, released after it."""
+def lease(siblings: int = 1):
+    """`with lease():` hold a core lease (sized pools) for the block, released after it (`siblings`: see
+    `take_lease`)."""
     try:
-        yield take_lease()
+        yield take_lease(siblings=siblings)
     finally:
         release_lease()
 
 
 def release_lease() -> None:
-    global _lease
+    global _lease, _siblings
+    _siblings = 1
     if _lease is not None:
         _lease.unlink(missing_ok=True)
         _lease = None
@@ -167,7 +176,7 @@ def rebalance(folder: Path | None = None) -> int:
 
 def shared() -> bool:
     """Whether other step processes on this machine hold leases now (then waiting threads must not spin)."""
-    return any(pid != os.getpid() for pid in live_leases())
+    return _siblings > 1 or any(pid != os.getpid() for pid in live_leases())
 
 
 def apply(threads: int) -> int:

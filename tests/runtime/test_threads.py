@@ -69,6 +69,19 @@ def test_a_second_task_halves_the_share_and_its_end_gives_it_back(leases):
     assert sorted(p.name for p in folder.iterdir()) == [str(os.getpid())]  # the dead task's lease was removed
 
 
+@pytest.mark.skipif(threads.usable_cores() < 2, reason="sharing needs at least 2 usable cores")
+def test_siblings_starting_together_get_their_share_before_their_leases_appear(leases):
+    """A shard of a local foreach knows its siblings: its pools (an onnxruntime session cannot be resized later)
+    are sized for them at once, and it does not spin, even while it is the only lease so far."""
+    import torch
+
+    cores = threads.usable_cores()
+    with threads.lease(siblings=2) as share:
+        assert share == max(1, cores // 2) == torch.get_num_threads() and threads.live_leases() == [os.getpid()]
+        assert threads.shared() and os.environ["REVIEWFLOW_SHARED_CORES"] == "1"
+    assert threads.take_lease() == cores and not threads.shared()  # forgotten with the lease
+
+
 def test_a_lease_whose_pid_now_belongs_to_another_process_does_not_count(leases):
     folder, _ = leases
     threads.take_lease()
