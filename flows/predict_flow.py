@@ -88,7 +88,7 @@ class PredictFlow(FlowSpec):
     def predict(self):
         import time
 
-        from flowkit.events import on_argo
+        from flowkit.events import side_by_side
         from flowkit.step_runs import fault_point
         from steps.data.mapping import IngestOptions
         from steps.lifecycle.predict import ResolvedModel, load_model
@@ -102,7 +102,7 @@ class PredictFlow(FlowSpec):
         tracking.client(self.tracking_uri)  # points MLflow (registry included) at the flow's store
         # shards side by side share this machine's cores, each from its first thread on (its onnxruntime session
         # cannot be resized later); on Argo each shard is a pod with its own CPU quota
-        with threads.lease(siblings=1 if on_argo() else shard["of"]):
+        with threads.lease(siblings=side_by_side(shard["of"])):
             fault_point()
             started = time.perf_counter()
             model = load_model(resolved, self.batch_size)
@@ -147,8 +147,9 @@ class PredictFlow(FlowSpec):
         run.metrics(self.summary)
         run.json(self.manifest, "predictions/manifest.json")
         logs = [r["inference_log"] for r in results if r["inference_log"]]
-        self.inference_log = {**logs[0], **{k: sum(log[k] for log in logs) for k in INFERENCE_LOG_COUNTS}} \
-            if logs else None  # the shards' logs, added up
+        self.inference_log = {  # the shards' logs, added up; the first error any of them met
+            **logs[0], **{k: sum(log[k] for log in logs) for k in INFERENCE_LOG_COUNTS},
+            "last_error": next((log["last_error"] for log in logs if log["last_error"]), None)} if logs else None
         if logs:
             run.metrics({f"inference_log_{k}": self.inference_log[k]
                          for k in ("records_written", "records_dropped", "failed_writes", "batches_written")})

@@ -36,12 +36,9 @@ def test_split_of(metaflow_run: str):
 
     namespace(None)  # the run may belong to another user
     try:
-        data = Step(f"{metaflow_run}/evaluate").task.data
-        if "split_rows" not in data:  # a run from before the reviews were stored once
-            return data.test_rows
-        from steps.data.validate import rows_of
+        from steps.data.validate import stored_split
 
-        return rows_of(data.reviews, data.split_rows["test"])
+        return stored_split(Step(f"{metaflow_run}/evaluate").task.data, "test")
     except (MetaflowException, AttributeError, KeyError) as err:
         raise ReviewflowError(
             f"cannot re-check the gate: the test split of {metaflow_run} is not readable from this Metaflow "

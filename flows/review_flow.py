@@ -75,7 +75,7 @@ class ReviewFlow(FlowSpec):
         # settled: as the later steps read them back, so Metaflow stores the reviews once, not again per reader
         self.reviews, self.fingerprint, self.ingest_summary = settled(result.frame), result.fingerprint, \
             result.summary()
-        self.review_origin, self.ingest_rejects = settled(result.origin), result.rejected
+        self.review_origin, self.ingest_rejects = settled(result.origin), settled(result.rejected)
         self.next(self.validate)
 
     @retry(times=0)
@@ -223,10 +223,9 @@ class ReviewFlow(FlowSpec):
 
 def split_frames(flow, *names: str) -> dict:
     """The rows of the named splits (train, validation, test), from the one stored copy of the reviews."""
-    from steps.data.validate import rows_of
+    from steps.data.validate import stored_split
 
-    reviews = flow.reviews  # read from the datastore once
-    return {name: rows_of(reviews, flow.split_rows[name]) for name in names}
+    return {name: stored_split(flow, name) for name in names}
 
 
 def base_model(flow) -> str:

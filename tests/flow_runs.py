@@ -85,9 +85,9 @@ def open_run(pathspec: str, workdir: Path):
 def split_rows(run, name: str):
     """The rows of split `name` (train, validation, test) of a finished ReviewFlow run, as its steps read them:
     positions into the one stored copy of the reviews."""
-    from steps.data.validate import rows_of
+    from steps.data.validate import stored_split
 
-    return rows_of(run.data.reviews, run.data.split_rows[name])
+    return stored_split(run.data, name)
 
 
 def card_components(task, card_id: str) -> list[dict]:

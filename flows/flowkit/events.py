@@ -1,15 +1,26 @@
-"""Acting on drift: the retraining event on Argo Workflows, or a ReviewFlow run started here (metaflow.Runner)."""
+"""Where a task runs (Argo Workflows, a pod of its own, this machine), and acting on drift: the retraining event
+on Argo Workflows, or a ReviewFlow run started here (metaflow.Runner)."""
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
 REVIEW_FLOW = Path(__file__).resolve().parent.parent / "review_flow.py"
+LOCAL_MAX_WORKERS = 16  # Metaflow's default --max-workers: tasks a local run starts at once
 
 
 def on_argo() -> bool:
     """Whether this task runs on Argo Workflows: Metaflow's own test (ArgoEvent publishes only then, unforced)."""
     return bool(os.environ.get("ARGO_WORKFLOW_TEMPLATE"))
+
+
+def side_by_side(tasks: int) -> int:
+    """How many of a foreach's `tasks` run side by side on this task's machine: 1 where each task has a pod or job
+    of its own (Argo Workflows, `--with kubernetes`, AWS Batch: its CPU quota is its share); else all of them, at
+    most LOCAL_MAX_WORKERS (Metaflow's default `--max-workers`)."""
+    if on_argo() or os.environ.get("METAFLOW_KUBERNETES_POD_NAME") or os.environ.get("AWS_BATCH_JOB_ID"):
+        return 1
+    return max(1, min(tasks, LOCAL_MAX_WORKERS))
 
 
 def publish(event: str, payload: dict) -> str:

@@ -285,7 +285,9 @@ def load_reviews(data: str, max_rows: int = 0, seed: int = 0, options: IngestOpt
 
 def _text_only_chunk(raw, origin: str, options: IngestOptions, mapper: LabelMapper, found: list | None = None):
     """One chunk of a file to score: canonical rows aligned with the records read (a record repeating the header
-    becomes a row with its text as read and `REPEATED_HEADER` in `unscored_reason`; every other row has <NA>)."""
+    becomes a row with its text as read and `REPEATED_HEADER` in `unscored_reason`; every other row has <NA>).
+    Without a label column, a record whose text is the text column's name repeats the header."""
+    import numpy as np
     import pandas as pd
 
     text, label = options.source_text_column, options.source_label_column
@@ -300,6 +302,8 @@ def _text_only_chunk(raw, origin: str, options: IngestOptions, mapper: LabelMapp
     if not labelled:  # text-only: canonicalized with a placeholder label, which is dropped again
         canonical = canonical.drop(columns=[LABEL_COLUMN])
     canonical = canonical.reindex(range(len(raw)))
+    if not labelled and len(raw) and _is_string_like(raw[text]):  # no label to tell a header by: the text alone
+        header_rows = np.flatnonzero((raw[text].astype("string").str.strip() == text).fillna(False).to_numpy())
     reason = pd.Series(pd.NA, index=canonical.index, dtype="string")
     if len(header_rows):
         canonical.loc[header_rows, TEXT_COLUMN] = raw[text].iloc[header_rows].astype("string").to_numpy()
@@ -334,21 +338,6 @@ def text_chunks(source, options: IngestOptions | None = None, chunk_rows: int = 
 def text_sources(data: str) -> list:
     """What `--data` names for scoring: a sample's name, or its local files / S3 objects."""
     return [data] if data.startswith(SAMPLE_PREFIX) else input_files(data)
-
-
-def load_texts(data: str, options: IngestOptions | None = None):
-    """Reviews to score, whole (a small input): the same files, directories, s3:// objects, samples and readers as
-    `load_reviews`, but only the text column is required (`options.text_column`, default reviewText; it becomes
-    reviewText). A label column, when present, is checked and kept like in training. Records that repeat the
-    header are left out; PredictFlow streams `text_chunks` instead and keeps them as unscored rows."""
-    import pandas as pd
-
-    parts = [frame[frame["unscored_reason"].isna()].drop(columns=["unscored_reason"])
-             for source in text_sources(data) for _, frame in text_chunks(source, options)]
-    parts = [p for p in parts if len(p)] or parts[:1]
-    if not parts:  # files with a header and no records
-        return pd.DataFrame({TEXT_COLUMN: pd.Series(dtype="string")})
-    return pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0].reset_index(drop=True)
 
 
 def ingest_reviews(run, parent_run_id: str, data: str, max_rows: int, seed: int,

@@ -236,6 +236,16 @@ def rows_of(frame, positions):
     return frame
 
 
+def stored_split(artifacts, name: str):
+    """The rows of split `name` (train, validation, test) of a ReviewFlow run, from its artifacts: a Metaflow
+    task's `.data`, or the flow itself inside a step. A run from before the reviews were stored once kept each
+    split as a frame of its own (`<name>_rows`), so PromoteFlow and `resume` still read those."""
+    positions = getattr(artifacts, "split_rows", None)
+    if positions is None:
+        return getattr(artifacts, f"{name}_rows")
+    return rows_of(artifacts.reviews, positions[name])
+
+
 def validate_reviews(frame, max_bad_fraction: float = 0.05, origin=None, rejected=None,
                      docs_dir: str | None = None) -> ValidationReport:
     """Validate canonical rows against the suite; quarantine failing rows; decide the verdict.

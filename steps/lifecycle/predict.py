@@ -1,15 +1,16 @@
-"""Batch prediction: score a file of reviews with a registered model, one row out per row in.
+"""Batch prediction: the model to score with, the output to write, scoring rows, and counting what was scored.
 
 The model URI is pinned to a version before scoring (`models:/review-classifier@champion` -> `.../7`), so every
-row is scored by the one version written next to it, even if `champion` moves while the job runs. The output goes
-to a local path or an s3:// URI as CSV, Parquet or JSON Lines (CSV and JSON Lines optionally .gz/.bz2/.xz),
-chosen by the name's extension. With REVIEWFLOW_INFERENCE_LOG set, every scored text is also written to the
-inference log (steps/serving/inference_log.py) that MonitorFlow reads.
+row is scored by the one version written next to it, even if `champion` moves while the job runs. The output is a
+local path or an s3:// URI: one file as CSV, Parquet or JSON Lines (CSV and JSON Lines optionally .gz/.bz2/.xz),
+chosen by the name's extension, or a directory of Parquet parts (a name ending in /). A row without text gets no
+label, only the reason. With REVIEWFLOW_INFERENCE_LOG set, every scored text is also written to the inference log
+(steps/serving/inference_log.py) that MonitorFlow reads. How the rows are read, sharded and written:
+steps/lifecycle/shards.py.
 """
 from __future__ import annotations
 
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -18,7 +19,6 @@ from steps.runtime.errors import ReviewflowError
 
 OUTPUT_FORMATS = {".csv": "csv", ".parquet": "parquet", ".jsonl": "jsonl"}
 OUTPUT_COMPRESSIONS = (".gz", ".bz2", ".xz")  # CSV and JSON Lines only; Parquet compresses inside the file
-CHUNK_ROWS = 1024  # rows handed to the model at a time (it batches them by --batch-size inside); progress steps
 MISSING_TEXT, BLANK_TEXT = "missing_text", "blank_text"  # why a row gets no label
 INFERENCE_LOG_CONFIG = "inference_log"  # model_config key: a served model that logs by itself is told not to
 
@@ -161,68 +161,6 @@ def score_rows(model, frame, resolved: ResolvedModel, inference_log=None):
         model_name=name, model_version=version)
 
 
-def predict_frame(model, reviews, resolved: ResolvedModel, log=None, progress_mode: str | None = None,
-                  inference_log=None):
-    """`reviews` (in memory) scored by `score_rows`, `CHUNK_ROWS` at a time, in input order.
-
-    Progress (steps/runtime/progress.py): a bar, a line every ~10 s, or only the finish line; `log` receives the lines.
-    `inference_log` (steps/serving/inference_log.InferenceLog), when given, records every scored chunk.
-    """
-    import pandas as pd
-
-    from steps.runtime.progress import Progress
-
-    parts = []
-    with Progress("predict", len(reviews), "reviews", mode=progress_mode,
-                  **({"log": log} if log is not None else {})) as progress:
-        for start in range(0, len(reviews), CHUNK_ROWS):
-            parts.append(score_rows(model, reviews.iloc[start:start + CHUNK_ROWS], resolved, inference_log))
-            progress.update(len(parts[-1]))
-    if not parts:
-        return score_rows(model, reviews, resolved)
-    return pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
-
-
-def output_frame(predictions, text_column: str = ""):
-    """The rows as written: the text under the input's own column name (--text-column) when it had another."""
-    if text_column and text_column != TEXT_COLUMN:
-        return predictions.rename(columns={TEXT_COLUMN: text_column})
-    return predictions
-
-
-def _write_local(frame, target: Path, kind: str) -> None:
-    if kind == "csv":
-        frame.to_csv(target, index=False)  # compression from the suffix (.gz, .bz2, .xz)
-    elif kind == "parquet":
-        frame.to_parquet(target, index=False)
-    else:
-        frame.to_json(target, orient="records", lines=True, force_ascii=False)
-
-
-def write_predictions(frame, path: str) -> str:
-    """Write `frame` to a local path (folders created) or an s3:// URI; returns the absolute path or the URI."""
-    from steps.runtime import storage
-
-    kind = check_output(path)
-    if storage.is_s3(path):
-        with tempfile.TemporaryDirectory(prefix="reviewflow-predictions-") as tmp:
-            local = Path(tmp) / PurePosixPath(storage.parse_s3(path).key).name
-            _write_local(frame, local, kind)
-            return storage.upload_file(local, path)
-    target = Path(path).expanduser()
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        _write_local(frame, target, kind)
-    except OSError as err:
-        raise ReviewflowError(f"--output {path}: cannot write there: {err.strerror or err}") from None
-    return str(target.resolve())
-
-
-def prediction_summary(frame) -> dict:
-    """Counts for the log (see `tally`); accuracy too when the input carried labels."""
-    return summarize(tally(frame))
-
-
 def tally(frame) -> dict:
     """Additive counts of scored rows (a shard's, summed across shards): rows, scored, unscored per reason,
     predicted positives, labelled scored rows and how many of those the model got right."""
@@ -262,10 +200,11 @@ def summarize(counts: dict) -> dict:
 
 def run_summary(results: list[dict]) -> dict:
     """PredictFlow's summary from its shards' results (steps/lifecycle/shards.score_shard): the counts of
-    `summarize`, then speed over the window in which any shard was reading, scoring or writing, the slowest
-    model load, the largest peak memory and, with --explain, the explanations' cost."""
+    `summarize`, then speed over the time in which any shard was reading, scoring or writing (a shard a `resume`
+    cloned keeps its own run's times; the pause between the runs does not count), the slowest model load, the
+    largest peak memory and, with --explain, the explanations' cost."""
     summary = summarize(add_tallies(*(r["counts"] for r in results)))
-    seconds = max(r["scoring_finished"] for r in results) - min(r["scoring_started"] for r in results)
+    seconds = busy_seconds([(r["scoring_started"], r["scoring_finished"]) for r in results])
     summary.update(scoring_seconds=round(seconds, 3), shards=len(results),
                    texts_per_s=round(summary["scored_rows"] / seconds, 2) if seconds > 0 else 0.0,
                    model_load_seconds=max(r.get("model_load_seconds", 0.0) for r in results),
@@ -277,3 +216,13 @@ def run_summary(results: list[dict]) -> dict:
                        explain_seconds_per_review=round(sum(e["seconds_per_review"] * e["explained"]
                                                             for e in explained) / done, 4) if done else 0.0)
     return summary
+
+
+def busy_seconds(spans: list[tuple[float, float]]) -> float:
+    """Seconds covered by at least one of the (start, end) spans."""
+    total, reach = 0.0, float("-inf")
+    for start, end in sorted(spans):
+        if end > reach:
+            total += end - max(start, reach)
+            reach = end
+    return total

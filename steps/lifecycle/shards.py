@@ -7,8 +7,9 @@ while it streams them, and how the parts become the output: a directory of parts
   is repeated, the scoring is not.
 - **A shard** (`score_shard`) never holds more than one chunk: read, score, append to its current part. Rows keep a
   stable id to join back on: `source_file` and `source_row` (the record's 1-based number in its file, header not
-  counted, as in ingest). A part holds at most `PART_ROWS` rows, or until the columns change (a later file with
-  more columns); parts are named after the shard, so a shard run again (@retry, `resume`) overwrites its own.
+  counted, as in ingest). A shard starts a new part once its part holds `PART_ROWS` rows (so a part may pass it by
+  less than a chunk) or when the columns change (a later file with more columns); parts are named after the shard,
+  so a shard run again (@retry, `resume`) overwrites its own.
 - **The output** (`finish_output`, PredictFlow's join): for a directory, the parts stay where the shards wrote them
   and `manifest.json` is written last (rows, counts, model version, each part's rows, bytes and sha256): a
   directory without a manifest is unfinished. For one file, the parts (staged beside it) are streamed into it in
@@ -165,7 +166,8 @@ class PartWriter:
         self.writer = None
         part = self.parts[-1]
         part.update(rows=self.rows, bytes=os.path.getsize(self.local), sha256=_sha256(self.local),
-                    columns=list(self.schema.names), files=list(self.files))
+                    columns=list(self.schema.names), files=list(self.files),
+                    schema=self.schema.remove_metadata().serialize().to_pybytes())  # for the join: no re-read
         target = self.folder + part["name"]
         if self.remote:
             storage.upload_file(self.local, target)
@@ -308,12 +310,8 @@ def _conform(table, schema):
 
 def _unified_schema(results: list[dict], columns: list[str]):
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    schemas = []
-    for part in (p for r in results for p in r["parts"]):
-        with _local(part["path"]) as local:
-            schemas.append(pq.read_schema(local).remove_metadata())
+    schemas = [pa.ipc.read_schema(pa.py_buffer(p["schema"])) for r in results for p in r["parts"]]
     unified = pa.unify_schemas(schemas, promote_options="permissive") if schemas else pa.schema([])
     return pa.schema([unified.field(c) for c in columns])
 
@@ -389,8 +387,11 @@ def finish_output(results: list[dict], output: str, kind: str, manifest: dict, t
             manifest["file"] = _file_entry(write_single_file(results, kind, staged, columns), staged)
             os.replace(staged, target)
         except OSError as err:
-            staged.unlink(missing_ok=True)
+            if err.filename and str(err.filename) not in (str(staged), str(target), str(target.parent)):
+                raise  # a part that cannot be read: not a problem of --output
             raise ReviewflowError(f"--output {output}: cannot write there: {err.strerror or err}") from None
+        finally:
+            staged.unlink(missing_ok=True)  # whatever stopped the writing, no half-written file stays
         manifest["output"] = str(target)
     remove_parts(parts)
     return manifest

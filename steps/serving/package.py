@@ -72,13 +72,16 @@ class ServedModel:
         return tags
 
     def scorecard(self) -> str:
-        """What each backend scored on the test rows, in one line: `torch 0.8460/0.8711, onnx ..., onnx-int8
-        0.8460/0.8726 (refused: 2.2% flipped > 1.0%)` (accuracy/F1)."""
+        """What each backend scored in its parity check (all the test rows, or the seeded sample of
+        `PARITY_ROWS` of them), in one line: `accuracy/F1 on 722 test rows: torch 0.8460/0.8711, onnx ...,
+        onnx-int8 0.8460/0.8726 (refused: 2.2% flipped > 1.0%)`."""
         parts = []
         for backend, f in self.parity.items():
             note = "" if f.get("passed", True) else f" (refused: {f.get('failed_because', 'parity failed')})"
             parts.append(f"{backend} {f['accuracy']:.4f}/{f['f1']:.4f}{note}")
-        return "accuracy/F1 on the test rows: " + ", ".join(parts) if parts else ""
+        rows = next(iter(self.parity.values()), {}).get("rows")
+        where = f"on {rows:,} test rows" if rows else "on the test rows"
+        return f"accuracy/F1 {where}: " + ", ".join(parts) if parts else ""
 
 
 @dataclass(frozen=True)
@@ -146,7 +149,7 @@ def judge_parity(scored: dict, labels, rules: ParityRules = ParityRules()) -> di
     figures = {}
     for backend, (probs, seconds) in scored.items():
         predicted = (probs >= 0.5).astype(int)
-        row = {"accuracy": float(accuracy_score(labels, predicted)) if len(labels) else 0.0,
+        row = {"rows": len(probs), "accuracy": float(accuracy_score(labels, predicted)) if len(labels) else 0.0,
                "f1": float(f1_score(labels, predicted, zero_division=0)) if len(labels) else 0.0,
                "texts_per_s": round(len(probs) / seconds, 1) if seconds else 0.0,
                "max_abs_diff": float(np.abs(probs - reference).max()) if len(probs) else 0.0,

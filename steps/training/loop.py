@@ -180,7 +180,8 @@ class Trainer:
         epoch = state.epoch + 1
         self.model.train()
         batches = bucketed_batches(lengths, config.effective_batch, seed=config.seed + epoch)
-        progress = Progress(f"train epoch {epoch}/{config.epochs}", len(batches), "steps", rate_unit="samples",
+        planned = min(len(batches), self.total_steps - state.steps) if self.budgeted else len(batches)
+        progress = Progress(f"train epoch {epoch}/{config.epochs}", planned, "steps", rate_unit="samples",
                             log=self.log, mode=self.progress, finish_line=False)  # end_epoch logs the epoch
         # Step losses stay on the device and are read in groups: one sync per group, not per step, on CUDA.
         group = 1 if self.device.type == "cpu" else 20

@@ -51,6 +51,7 @@ def main() -> None:
     profile = cProfile.Profile()
     marks = [("begin", time.perf_counter())]
     profile.enable()
+    from steps.data.validate import stored_split
     from steps.evaluation.baseline import evaluate_baseline
     from steps.evaluation.evaluate import evaluate_served_model
     from steps.evaluation.explain import explain_test_reviews
@@ -64,7 +65,7 @@ def main() -> None:
                                      experiment="reviewflow-evaluate-profile")
     with tracking.step_run(uri, parent, "evaluate", f"EvaluateProfile/{run_id}/evaluate/0") as run:
         marks.append(("imports + MLflow step run", time.perf_counter()))
-        train_rows, test_rows = split_of(data, "train"), split_of(data, "test")
+        train_rows, test_rows = stored_split(data, "train"), stored_split(data, "test")
         baseline = evaluate_baseline(run, train_rows, test_rows, data.seed)
         marks.append(("TF-IDF baseline", time.perf_counter()))
         with loaded(data.classifier) as model:  # as the step does: the weights read once
@@ -84,15 +85,6 @@ def main() -> None:
     print(f"{'in all':45s} {marks[-1][1] - marks[0][1]:7.2f} s\n")
     pstats.Stats(profile, stream=sys.stdout).sort_stats("cumulative").print_stats(args.top)
 
-
-
-def split_of(data, name: str):
-    """A split's rows of the kept run (runs from before the reviews were stored once keep them as frames)."""
-    if "split_rows" not in data:
-        return getattr(data, f"{name}_rows")
-    from steps.data.validate import rows_of
-
-    return rows_of(data.reviews, data.split_rows[name])
 
 if __name__ == "__main__":
     main()

@@ -67,8 +67,9 @@ def test_undecodable_bytes_in_an_object_are_reported_with_the_line(s3_env):
 
 
 def test_texts_to_score_can_come_from_s3(uploaded):
-    from steps.data.ingest import load_texts
+    from steps.data.ingest import text_chunks, text_sources
 
     prefix, local, frame = uploaded
-    texts = load_texts(f"{prefix}/a.csv")
-    assert texts["reviewText"].tolist() == frame["reviewText"].iloc[:30].tolist()
+    [source] = text_sources(f"{prefix}/a.csv")
+    [(first_row, texts)] = list(text_chunks(source))
+    assert first_row == 1 and texts["reviewText"].tolist() == frame["reviewText"].iloc[:30].tolist()

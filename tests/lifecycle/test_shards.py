@@ -105,6 +105,9 @@ def test_one_file_is_written_in_input_order_and_the_staged_parts_are_removed(bas
     assert back.columns.tolist() == ["source_file", "source_row", "body", "isPositive", "label",
                                      "probability_positive", "unscored_reason", "model_name", "model_version"]
     assert back["source_row"].tolist() == list(range(1, records + 1))  # input order across the two shards
+    as_read = pd.read_csv(tmp_path / "reviews.csv", keep_default_na=False, skip_blank_lines=False)["reviewText"]
+    texts = back["body"].fillna("").astype(str)
+    assert texts.tolist() == as_read.tolist()  # each row's text is its record's
     assert manifest["file"]["rows"] == records and manifest["output"] == str(tmp_path / "out" / name)
     missing, blank = len(range(5, 700, 97)), len(range(7, 700, 89))  # as _reviews_csv empties them
     assert back["label"].isna().sum() == back["unscored_reason"].notna().sum() == missing + blank + 1

@@ -250,7 +250,7 @@ def test_the_served_backends_scores_are_what_the_logged_model_predicts(trained, 
         assert np.array_equal(served_probabilities(logged, texts), scores), backend
         labels_only = logged.predict(pd.DataFrame({TEXT_COLUMN: texts}))
         assert (labels_only.to_numpy() == (scores >= 0.5)).all()
-        assert served.scorecard().startswith("accuracy/F1 on the test rows: torch ")
+        assert served.scorecard().startswith("accuracy/F1 on 60 test rows: torch ")
 
 
 def test_parity_on_a_seeded_sample_of_many_test_rows_then_the_served_backend_scores_them_all(trained, tracking_uri,
@@ -277,6 +277,8 @@ def test_parity_on_a_seeded_sample_of_many_test_rows_then_the_served_backend_sco
                for line in said)
     from steps.serving.classifier_model import Scorer
 
+    assert {figures["rows"] for figures in served.parity.values()} == {24}  # every backend scored the sample
+    assert served.scorecard().startswith("accuracy/F1 on 24 test rows: torch ")
     reference = Scorer(trained, "torch", None, 32, 8).probabilities([texts[i] for i in package.parity_sample(60)])
     assert served.parity["torch"]["accuracy"] == pytest.approx(
         float(((reference >= 0.5) == np.asarray(labels)[package.parity_sample(60)]).mean()))

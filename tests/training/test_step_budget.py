@@ -21,22 +21,24 @@ def tokens(tiny_tokenizer):
     return tokenize_split(parts.frames(), tiny_tokenizer, max_length=32)
 
 
-def train(model_dir, tokens, checkpoints=None, after_epoch=None, log=None, **config):
+def train(model_dir, tokens, checkpoints=None, after_epoch=None, log=None, progress="quiet", **config):
     seed_everything(0)
     values = {"epochs": 3, "batch_size": 16, "learning_rate": 8e-3, "seed": 0, "patience": 0, **config}
     return train_classifier(load_classifier(str(model_dir)), tokens["train"], tokens["validation"],
                             TrainConfig(**values), log=log or (lambda _: None), checkpoints=checkpoints,
-                            after_epoch=after_epoch, progress="quiet")
+                            after_epoch=after_epoch, progress=progress)
 
 
 def steps_per_epoch(tokens) -> int:
     return -(-len(tokens["train"]) // 16)
 
 
-def test_a_budget_inside_the_first_epoch_ends_it_there_validated_with_the_schedule_run_out(tiny_model_dir, tokens):
+def test_a_budget_inside_the_first_epoch_ends_it_there_validated_with_the_schedule_run_out(tiny_model_dir, tokens,
+                                                                                         monkeypatch):
     budget = steps_per_epoch(tokens) // 2
     messages = []
-    result = train(tiny_model_dir, tokens, max_steps=budget, log=messages.append)
+    monkeypatch.setenv("REVIEWFLOW_PROGRESS_SECONDS", "0")  # a progress line at every update
+    result = train(tiny_model_dir, tokens, max_steps=budget, log=messages.append, progress="lines")
     assert result.steps == budget and len(result.history) == 1 and result.budget_reached
     assert "val_loss" in result.history[0]  # the cut epoch is validated like any other
     rates = result.step_history["learning_rate"]
@@ -44,6 +46,8 @@ def test_a_budget_inside_the_first_epoch_ends_it_there_validated_with_the_schedu
     assert any(m.startswith(f"step budget reached: {budget} optimizer steps (--max-steps) in epoch 1 of 3")
                for m in messages)
     assert any("(the --max-steps budget)" in m for m in messages)
+    progress = [m for m in messages if m.startswith("train epoch 1/3 ")]
+    assert progress and all(f"/{budget} steps" in m for m in progress)  # counts to the budget, not the epoch
 
 
 def test_a_budget_across_epochs_runs_the_full_ones_and_cuts_the_last(tiny_model_dir, tokens):
