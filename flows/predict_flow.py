@@ -163,7 +163,7 @@ class PredictFlow(FlowSpec):
         from steps.runtime import tracking
 
         tracking.finish_flow_run(self.tracking_uri, self.mlflow_run_id)
-        where = (f"{self.manifest['output']} ({len(self.manifest['parts'])} Parquet part(s) and {'manifest.json'})"
+        where = (f"{self.manifest['output']} ({len(self.manifest['parts'])} Parquet part(s) and manifest.json)"
                  if self.output_kind == "directory" else self.manifest["output"])
         print(f"Wrote {self.summary['rows']} rows to {where}: "
               + ", ".join(f"{k} {v}" for k, v in self.summary.items()))

@@ -303,7 +303,7 @@ class Trainer:
         config, state = self.config, self.state
         if self.val is not None and len(self.val):
             metrics.update(evaluate_loss(self.model, self.val, state.micro_batch_size * 2, self.device, self.dtype,
-                                         self.class_weights))
+                                         self.class_weights, progress=dict(log=self.log, mode=self.progress)))
         metrics["epoch_seconds"] = round(time.perf_counter() - started, 2)
         state.history.append(metrics)
         shown = ("train_loss", "val_loss", "val_accuracy", "val_f1")

@@ -21,15 +21,17 @@ def epoch_score(metrics: dict, best_epoch_by: str) -> list:
     return [loss]
 
 
-def evaluate_loss(model, tokens, batch_size: int, device, dtype=None, class_weights=None) -> dict:
+def evaluate_loss(model, tokens, batch_size: int, device, dtype=None, class_weights=None,
+                  progress: dict | None = None) -> dict:
     """Mean cross-entropy (class-weighted when weights are given), accuracy and, for two labels, the positive
-    class's F1 of `model` on `tokens`.
+    class's F1 of `model` on `tokens`. `progress`: Progress's log and mode, for validation sets that take minutes
+    (100,000 rows of a million-row table); None: silent.
 
     On CUDA out-of-memory the evaluation starts over with half the batch.
     """
     while True:
         try:
-            return _evaluate_loss(model, tokens, batch_size, device, dtype, class_weights)
+            return _evaluate_loss(model, tokens, batch_size, device, dtype, class_weights, progress)
         except Exception as err:  # noqa: BLE001 - only OOM is handled, the rest re-raised
             if not is_out_of_memory(err) or batch_size == 1:
                 raise
@@ -37,8 +39,10 @@ def evaluate_loss(model, tokens, batch_size: int, device, dtype=None, class_weig
         free_memory(device)
 
 
-def _evaluate_loss(model, tokens, batch_size, device, dtype, class_weights) -> dict:
+def _evaluate_loss(model, tokens, batch_size, device, dtype, class_weights, progress) -> dict:
     import torch
+
+    from steps.runtime.progress import Progress
 
     model.eval()
     weight = torch.tensor(class_weights, device=device) if class_weights else None
@@ -46,6 +50,7 @@ def _evaluate_loss(model, tokens, batch_size, device, dtype, class_weights) -> d
     total_weight = torch.zeros((), device=device, dtype=torch.float64)
     correct = torch.zeros((), device=device, dtype=torch.int64)
     counts = torch.zeros(3, device=device, dtype=torch.int64)  # true positives, predicted positives, positives
+    shown = Progress("validation", len(tokens), "reviews", **progress) if progress else None
     with torch.inference_mode():
         for rows in sorted_batches(tokens.lengths, batch_size):
             ids, mask, labels = collate(tokens, rows, device)
@@ -57,6 +62,10 @@ def _evaluate_loss(model, tokens, batch_size, device, dtype, class_weights) -> d
             correct += (predicted == labels).sum()
             counts += torch.stack([((predicted == 1) & (labels == 1)).sum(), (predicted == 1).sum(),
                                    (labels == 1).sum()])
+            if shown is not None:
+                shown.update(len(rows))
+    if shown is not None:
+        shown.close()
     seen = max(len(tokens), 1)
     figures = {"val_loss": (total_loss / total_weight.clamp(min=1e-12)).item(), "val_accuracy": correct.item() / seen}
     if int(getattr(model.config, "num_labels", 2)) == 2:

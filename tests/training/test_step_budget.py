@@ -48,6 +48,7 @@ def test_a_budget_inside_the_first_epoch_ends_it_there_validated_with_the_schedu
     assert any("(the --max-steps budget)" in m for m in messages)
     progress = [m for m in messages if m.startswith("train epoch 1/3 ")]
     assert progress and all(f"/{budget} steps" in m for m in progress)  # counts to the budget, not the epoch
+    assert any(m.startswith(f"validation: {len(tokens['validation'])} reviews in ") for m in messages)
 
 
 def test_a_budget_across_epochs_runs_the_full_ones_and_cuts_the_last(tiny_model_dir, tokens):
