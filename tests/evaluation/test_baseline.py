@@ -32,6 +32,26 @@ def test_trained_on_the_train_split_and_scored_on_the_test_rows(parts):
                                baseline.positive_probabilities(pipeline, parts.test["reviewText"]))
 
 
+def test_on_many_groups_c_is_chosen_on_a_seeded_sample_of_whole_groups(parts, monkeypatch):
+    """A large table chooses C on CV_GROUPS of its review groups (all rows of each), the same ones every time."""
+    from steps.data.split import group_keys
+
+    train = parts.train.reset_index(drop=True)
+    features = baseline.build_pipeline().named_steps["tfidf"].fit_transform(train["reviewText"])
+    labels, groups = train["isPositive"].to_numpy(), group_keys(train)
+    monkeypatch.setattr(baseline, "CV_GROUPS", 60)
+    sampled = np.isin(groups, np.random.default_rng(0).choice(np.unique(groups), size=60, replace=False))
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    seen, split = [], StratifiedGroupKFold.split  # which rows the folds are cut from
+    monkeypatch.setattr(StratifiedGroupKFold, "split",
+                        lambda self, x, y, g: seen.append(len(y)) or split(self, x, y, g))
+    chosen = baseline.choose_c(features, labels, groups, seed=0)
+    assert seen == [int(sampled.sum())] and sampled.sum() < len(train)  # the folds were cut from the sample only
+    monkeypatch.setattr(baseline, "CV_GROUPS", 10**9)
+    assert chosen == baseline.choose_c(features[np.flatnonzero(sampled)], labels[sampled], groups[sampled], seed=0)
+
+
 def test_few_groups_fall_back_to_c_1_and_one_class_is_refused():
     few = review_frame(12)
     assert baseline.train_baseline(few).named_steps["logreg"].C == 1.0
