@@ -2,6 +2,7 @@
 
     python tests/bench/scale_bench.py baseline --rows 10000000 --files 50 --shards 2
     python tests/bench/scale_bench.py shards --model-uri models:/review-classifier.user.me/1 --rows 200000
+    python tests/bench/scale_bench.py review --rows 1000000 --max-steps 200
 
 `baseline`: a run's TF-IDF baseline (trained here on ../shared/data's Amazon sentences, or on synthetic reviews
 without them, and logged as an MLflow pyfunc, as the evaluate step logs it) scores `--rows` synthetic reviews,
@@ -10,10 +11,17 @@ Targets (issue 22): 10,000,000 rows in <= 10 min, peak RSS <= 3 GB per process.
 `shards`: the same `--rows` scored by `--model-uri` (e.g. the default run's champion: its served backend) with
 `--shards 1`, then with `--shards 2`, one file each (a single file: the shards take every other chunk). Target:
 `--shards 2` at >= 0.9x the texts/s of `--shards 1`.
+`review`: `python flows/review_flow.py run --data <rows as one Parquet file> --max-steps N` (the default model and
+recipe otherwise). Reported besides the step seconds: each step process's peak RSS (VmHWM, read from /proc every
+second for every process of the run), the datastore bytes of the run (the artifact blobs its tasks point at, as
+stored, and the whole datastore folder) against the input's Parquet bytes, and the test metrics. Targets
+(issue 22): 1,000,000 rows with --max-steps 200 in <= 20 min, <= 4 GB per step, datastore <= 3x the input.
 
-The texts: sentences of ../shared/data (all three files) joined in seeded random pairs, so the vocabulary is real;
-where that folder is missing, the synthetic word lists of ingest_bench. Each flow runs as
-`python flows/predict_flow.py run ...` in a fresh folder with its own Metaflow datastore and SQLite MLflow store.
+The texts: sentences of ../shared/data (all three files; REVIEWFLOW_SHARED_DATA names another folder) joined in
+seeded random pairs, so the vocabulary and the lengths are real; where that folder is missing, the synthetic
+reviews of tests/fixtures.py (short, with obvious sentiment words: the figures then say "data": "synthetic").
+Each flow runs as `python flows/<flow>.py run ...` in a fresh folder with its own Metaflow datastore and SQLite
+MLflow store.
 Reported: wall_s of the command, each step's seconds (task created_at -> finished_at; the slowest shard for
 predict), texts_per_s (PredictFlow's own: scored rows over the window in which any shard read, scored or wrote),
 peak RSS per step process (the shards report theirs; the others are read from their `ru_maxrss` the same way),
@@ -33,7 +41,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-SHARED = ROOT.parent / "shared" / "data"
+SHARED = Path(os.environ.get("REVIEWFLOW_SHARED_DATA", ROOT.parent / "shared" / "data"))
 runpy.run_path(str(ROOT / "flows" / "flowkit" / "__init__.py"))  # the library on sys.path, as for the flows
 
 
@@ -144,21 +152,124 @@ print(json.dumps({"run": run.pathspec, "steps": steps, "summary": end.summary,
     return json.loads(out.strip().splitlines()[-1])
 
 
+def watch_steps(proc, peaks: dict, every: float = 1.0) -> None:
+    """Until `proc` ends: the peak RSS (MB) per Metaflow step name of every process below it."""
+    def children(pid: int) -> list[int]:
+        try:
+            found = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        except OSError:
+            return []
+        return [int(c) for c in found] + [g for c in found for g in children(int(c))]
+
+    while proc.poll() is None:
+        for pid in children(proc.pid):
+            try:
+                argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+                status = Path(f"/proc/{pid}/status").read_text()
+            except OSError:
+                continue
+            args = [a.decode(errors="replace") for a in argv]
+            step = args[args.index("step") + 1] if "step" in args[:-1] else "runtime"
+            hwm = next((int(line.split()[1]) / 1024 for line in status.splitlines() if line.startswith("VmHWM:")), 0)
+            peaks[step] = round(max(peaks.get(step, 0.0), hwm), 1)
+        time.sleep(every)
+
+
+def datastore_bytes(workdir: Path, env: dict, flow: str = "ReviewFlow") -> dict:
+    """Bytes of the run's artifact blobs as stored (distinct ones, whatever step points at them), the largest
+    artifacts, and the whole local datastore folder."""
+    code = f"""
+import json
+from metaflow import Flow, namespace
+namespace(None)
+run = Flow("{flow}").latest_run
+blobs = {{}}
+for step in run:
+    for task in step:
+        for artifact in task.artifacts:
+            blobs.setdefault(artifact.sha, artifact.id)
+print(json.dumps(blobs))
+"""
+    out = subprocess.run([sys.executable, "-c", code], cwd=workdir, env=env, capture_output=True, text=True,
+                         check=True).stdout
+    blobs = json.loads(out.strip().splitlines()[-1])
+    root = workdir / ".metaflow" / flow / "data"
+    sizes = {sha: (root / sha[:2] / sha).stat().st_size for sha in blobs if (root / sha[:2] / sha).exists()}
+    largest = sorted(((size, blobs[sha]) for sha, size in sizes.items()), reverse=True)[:6]
+    folder = sum(f.stat().st_size for f in (workdir / ".metaflow").rglob("*") if f.is_file())
+    return {"artifact_bytes": sum(sizes.values()), "largest": [[name, size] for size, name in largest],
+            "folder_bytes": folder}
+
+
+def run_review(workdir: Path, data: Path, args) -> dict:
+    import threading
+
+    env = {**os.environ, "USERNAME": os.environ.get("USERNAME", "bench"), "MLFLOW_DISABLE_TELEMETRY": "true",
+           "METAFLOW_DATASTORE_SYSROOT_LOCAL": str(workdir), "REVIEWFLOW_PROGRESS": "lines",
+           "MLFLOW_TRACKING_URI": f"sqlite:///{workdir / 'mlflow.db'}",
+           "MLFLOW_REGISTRY_URI": f"sqlite:///{workdir / 'mlflow.db'}"}
+    command = [sys.executable, str(ROOT / "flows" / "review_flow.py"), "run", "--data", str(data), "--max-steps",
+               str(args.max_steps), *args.flow_args]
+    peaks: dict = {}
+    started = time.perf_counter()
+    with open(workdir / "review.log", "w") as log:
+        proc = subprocess.Popen(command, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT)
+        watcher = threading.Thread(target=watch_steps, args=(proc, peaks), daemon=True)
+        watcher.start()
+        proc.wait()
+        watcher.join(timeout=5)
+    wall = time.perf_counter() - started
+    if proc.returncode:
+        raise SystemExit(f"ReviewFlow failed (exit {proc.returncode}); see {workdir / 'review.log'}")
+    code = """
+import json
+from metaflow import Flow, namespace
+namespace(None)
+run = Flow("ReviewFlow").latest_run
+steps = {s.id: round(max((t.finished_at - t.created_at).total_seconds() for t in s), 1) for s in run}
+data = run["end"].task.data
+print(json.dumps({"run": run.pathspec, "steps": steps, "split": data.split_sizes,
+                  "test_metrics": {k: data.test_metrics[k] for k in ("accuracy", "f1", "roc_auc", "rows")},
+                  "train": {k: data.train_summary.get(k) for k in ("steps", "train_seconds",
+                                                                    "samples_per_s", "budget_reached")},
+                  "serving": data.served_model["backend"]}, default=str))
+"""
+    out = subprocess.run([sys.executable, "-c", code], cwd=workdir, env=env, capture_output=True, text=True,
+                         check=True).stdout
+    figures = json.loads(out.strip().splitlines()[-1])
+    figures.update(wall_s=round(wall, 1), peak_rss_mb=peaks, datastore=datastore_bytes(workdir, env),
+                   command=" ".join(command[1:]))
+    return figures
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("mode", choices=["baseline", "shards"])
+    parser.add_argument("mode", choices=["baseline", "shards", "review"])
     parser.add_argument("--rows", type=int, default=0, help="default: 10,000,000 (baseline), 200,000 (shards)")
     parser.add_argument("--files", type=int, default=50, help="input Parquet files (baseline)")
     parser.add_argument("--shards", type=int, default=2, help="shards (baseline)")
     parser.add_argument("--model-uri", default="", help="the model (shards): e.g. the champion's models:/ URI")
     parser.add_argument("--tracking-uri", default="", help="(shards) the store the model is in, e.g. "
                                                             "sqlite:////path/mlflow.db")
+    parser.add_argument("--max-steps", type=int, default=200, help="(review) ReviewFlow's --max-steps")
     parser.add_argument("--keep", action="store_true", help="keep the folder (its path goes to stderr)")
+    parser.add_argument("flow_args", nargs="*", help="(review) more ReviewFlow options, after --")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="reviewflow-scale-"))
     print(f"working in {workdir}", file=sys.stderr)
-    base = {"cpu": cpu_model(), "cpus": os.cpu_count(), "mode": args.mode}
-    if args.mode == "baseline":
+    base = {"cpu": cpu_model(), "cpus": os.cpu_count(), "mode": args.mode,
+            "data": str(SHARED) if SHARED.is_dir() else "synthetic"}
+    if args.mode == "review":
+        rows = args.rows or 1_000_000
+        input_bytes = write_inputs(workdir / "input", rows, 1)
+        figures = run_review(workdir, workdir / "input" / "reviews-000.parquet", args)
+        worst = max(figures["peak_rss_mb"].values())
+        figures.update(base, rows=rows, input_parquet_bytes=input_bytes,
+                       datastore_over_input=round(figures["datastore"]["artifact_bytes"] / input_bytes, 2),
+                       targets={"wall_s<=1200": figures["wall_s"] <= 1200, "rss_mb<=4096": worst <= 4096,
+                                "datastore<=3x": figures["datastore"]["artifact_bytes"] <= 3 * input_bytes})
+        print(json.dumps(figures))
+    elif args.mode == "baseline":
         rows = args.rows or 10_000_000
         started = time.perf_counter()
         input_bytes = write_inputs(workdir / "input", rows, args.files)
