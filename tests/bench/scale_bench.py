@@ -152,8 +152,9 @@ print(json.dumps({"run": run.pathspec, "steps": steps, "summary": end.summary,
     return json.loads(out.strip().splitlines()[-1])
 
 
-def watch_steps(proc, peaks: dict, every: float = 1.0) -> None:
-    """Until `proc` ends: the peak RSS (MB) per Metaflow step name of every process below it."""
+def watch_steps(proc, peaks: dict, every: float = 1.0, keep: Path | None = None) -> None:
+    """Until `proc` ends: the peak RSS (MB) per Metaflow step name of every process below it, also written to
+    `keep` as they grow (a run stopped before its end keeps them)."""
     def children(pid: int) -> list[int]:
         try:
             found = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
@@ -172,6 +173,8 @@ def watch_steps(proc, peaks: dict, every: float = 1.0) -> None:
             step = args[args.index("step") + 1] if "step" in args[:-1] else "runtime"
             hwm = next((int(line.split()[1]) / 1024 for line in status.splitlines() if line.startswith("VmHWM:")), 0)
             peaks[step] = round(max(peaks.get(step, 0.0), hwm), 1)
+        if keep is not None:
+            keep.write_text(json.dumps(peaks))
         time.sleep(every)
 
 
@@ -214,7 +217,8 @@ def run_review(workdir: Path, data: Path, args) -> dict:
     started = time.perf_counter()
     with open(workdir / "review.log", "w") as log:
         proc = subprocess.Popen(command, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT)
-        watcher = threading.Thread(target=watch_steps, args=(proc, peaks), daemon=True)
+        watcher = threading.Thread(target=watch_steps, args=(proc, peaks, 1.0, workdir / "peak_rss_mb.json"),
+                                   daemon=True)
         watcher.start()
         proc.wait()
         watcher.join(timeout=5)
