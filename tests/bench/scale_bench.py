@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import runpy
 import subprocess
 import sys
@@ -43,14 +42,25 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 SHARED = Path(os.environ.get("REVIEWFLOW_SHARED_DATA", ROOT.parent / "shared" / "data"))
 runpy.run_path(str(ROOT / "flows" / "flowkit" / "__init__.py"))  # the library on sys.path, as for the flows
+sys.path.insert(0, str(ROOT))
+from tests.bench.pipeline_bench import cpu_model  # noqa: E402
 
 
-def cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown"
+def bench_env(workdir: Path, tracking_uri: str = "") -> dict:
+    """A flow run isolated in `workdir`: its own local datastore and (unless `tracking_uri`) SQLite MLflow store."""
+    tracking_uri = tracking_uri or f"sqlite:///{workdir / 'mlflow.db'}"
+    return {**os.environ, "USERNAME": os.environ.get("USERNAME", "bench"), "MLFLOW_DISABLE_TELEMETRY": "true",
+            "METAFLOW_DATASTORE_SYSROOT_LOCAL": str(workdir), "REVIEWFLOW_PROGRESS": "lines",
+            "MLFLOW_TRACKING_URI": tracking_uri, "MLFLOW_REGISTRY_URI": tracking_uri}
+
+
+def client_json(code: str, workdir: Path, env: dict):
+    """The JSON that `code` (run in a child with the Metaflow client, in the run's folder) prints last."""
+    out = subprocess.run([sys.executable, "-c", code], cwd=workdir, env=env, capture_output=True, text=True,
+                         check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
 
 
 def base_texts():
@@ -62,7 +72,6 @@ def base_texts():
         frame = pd.concat([pd.read_csv(f, usecols=["reviewText", "isPositive"]) for f in files], ignore_index=True)
         frame = frame.dropna()
         return frame["reviewText"].astype(str).to_numpy(), frame["isPositive"].astype(int).to_numpy()
-    sys.path.insert(0, str(ROOT))
     from tests.fixtures import review_frame
 
     frame = review_frame(5000, seed=0)
@@ -112,10 +121,7 @@ def log_baseline(workdir: Path) -> str:
 
 def run_predict(workdir: Path, data: Path, output: str, model_uri: str, shards: int, extra: list[str],
                 tracking_uri: str = "") -> dict:
-    tracking_uri = tracking_uri or f"sqlite:///{workdir / 'mlflow.db'}"
-    env = {**os.environ, "USERNAME": os.environ.get("USERNAME", "bench"), "MLFLOW_DISABLE_TELEMETRY": "true",
-           "METAFLOW_DATASTORE_SYSROOT_LOCAL": str(workdir), "REVIEWFLOW_PROGRESS": "lines",
-           "MLFLOW_TRACKING_URI": tracking_uri, "MLFLOW_REGISTRY_URI": tracking_uri}
+    env = bench_env(workdir, tracking_uri)
     command = [sys.executable, str(ROOT / "flows" / "predict_flow.py"), "run", "--data", str(data), "--output",
                output, "--model-uri", model_uri, "--shards", str(shards), *extra]
     started = time.perf_counter()
@@ -147,9 +153,7 @@ print(json.dumps({"run": run.pathspec, "steps": steps, "summary": end.summary,
                   "write_rss_mb": run["write"].task.data.write_rss_mb,
                   "parts": len(end.manifest.get("parts", [])), "output": end.manifest["output"]}))
 """
-    out = subprocess.run([sys.executable, "-c", code], cwd=workdir, env=env, capture_output=True, text=True,
-                         check=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+    return client_json(code, workdir, env)
 
 
 def watch_steps(proc, peaks: dict, every: float = 1.0, keep: Path | None = None) -> None:
@@ -193,9 +197,7 @@ for step in run:
             blobs.setdefault(artifact.sha, artifact.id)
 print(json.dumps(blobs))
 """
-    out = subprocess.run([sys.executable, "-c", code], cwd=workdir, env=env, capture_output=True, text=True,
-                         check=True).stdout
-    blobs = json.loads(out.strip().splitlines()[-1])
+    blobs = client_json(code, workdir, env)
     root = workdir / ".metaflow" / flow / "data"
     sizes = {sha: (root / sha[:2] / sha).stat().st_size for sha in blobs if (root / sha[:2] / sha).exists()}
     largest = sorted(((size, blobs[sha]) for sha, size in sizes.items()), reverse=True)[:6]
@@ -207,10 +209,7 @@ print(json.dumps(blobs))
 def run_review(workdir: Path, data: Path, args) -> dict:
     import threading
 
-    env = {**os.environ, "USERNAME": os.environ.get("USERNAME", "bench"), "MLFLOW_DISABLE_TELEMETRY": "true",
-           "METAFLOW_DATASTORE_SYSROOT_LOCAL": str(workdir), "REVIEWFLOW_PROGRESS": "lines",
-           "MLFLOW_TRACKING_URI": f"sqlite:///{workdir / 'mlflow.db'}",
-           "MLFLOW_REGISTRY_URI": f"sqlite:///{workdir / 'mlflow.db'}"}
+    env = bench_env(workdir)
     command = [sys.executable, str(ROOT / "flows" / "review_flow.py"), "run", "--data", str(data), "--max-steps",
                str(args.max_steps), *args.flow_args]
     peaks: dict = {}
@@ -238,9 +237,7 @@ print(json.dumps({"run": run.pathspec, "steps": steps, "split": data.split_sizes
                                                                     "samples_per_s", "budget_reached")},
                   "serving": data.served_model["backend"]}, default=str))
 """
-    out = subprocess.run([sys.executable, "-c", code], cwd=workdir, env=env, capture_output=True, text=True,
-                         check=True).stdout
-    figures = json.loads(out.strip().splitlines()[-1])
+    figures = client_json(code, workdir, env)
     figures.update(wall_s=round(wall, 1), peak_rss_mb=peaks, datastore=datastore_bytes(workdir, env),
                    command=" ".join(command[1:]))
     return figures
