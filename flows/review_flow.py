@@ -51,7 +51,7 @@ class ReviewFlow(FlowSpec):
         self.mlflow_run_id = tracking.start_flow_run(
             self.tracking_uri, current.flow_name, current.run_id,
             {**flow_parameters(self), **{f"{k}.resolved": v for k, v in self.resolved_settings.items()},
-             "model.why": choice.why})
+             "model.why": choice.why}, tags=user_tags())
         rows = "all rows" if not self.max_rows else f"{self.max_rows} rows"
         epochs = self.train_config.epochs
         print(f"Model: {self.base_model} ({choice.why}{'; ' + choice.machine if choice.machine else ''}).\n"
@@ -237,6 +237,15 @@ def base_model(flow) -> str:
 def model_choice(flow) -> dict:
     return getattr(flow, "model_choice", None) or {"requested": flow.model, "model": flow.model,
                                                    "why": f"--model {flow.model} given", "machine": ""}
+
+
+def user_tags() -> dict:
+    """The run's `--tag key:value` Metaflow tags as MLflow tags (TuneFlow's --train-best names its study so)."""
+    import re
+
+    pairs = (str(tag).partition(":") for tag in current.tags or ())
+    return {key: value for key, _, value in pairs if value and re.fullmatch(r"[A-Za-z][\w.-]{0,63}", key)
+            and not key.lower().startswith(("metaflow", "mlflow"))}
 
 
 def train_step_capabilities():

@@ -195,6 +195,43 @@ GROUPS = ("data", "model", "training", "gate", "serving", "registry", "explain")
 BY_NAME = {s.name: s for s in SETTINGS}
 
 
+# --- TuneFlow's search space (flows/tune_flow.py): which settings it ranges over, and how far ------------------
+@dataclass(frozen=True)
+class Dimension:
+    """One setting's range in the search space: `low` to `high` (on a log scale with `log`), or `choices`."""
+
+    name: str  # the setting's option name
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    choices: tuple = ()
+
+    def describe(self) -> str:
+        if self.choices:
+            shown = (str(c).lower() if isinstance(c, bool) else str(c) for c in self.choices)
+            return f"{self.name}: one of {', '.join(shown)}"
+        return f"{self.name}: {self.low:g} to {self.high:g}{' (log scale)' if self.log else ''}"
+
+
+# Training settings a search may range over: not the seed (a recipe must hold across seeds), nor how the same
+# arithmetic is run (precision, compile), nor what picks the best epoch (it defines the score being compared).
+NOT_SEARCHABLE = ("seed", "precision", "compile", "best-epoch-by")
+SEARCHABLE = tuple(s.name for s in SETTINGS if (s.group == "training" or s.name == "max-length")
+                   and s.name not in NOT_SEARCHABLE)
+# The default space: what moved the default recipe in docs/model-comparison.md, at ranges that suit a pretrained
+# encoder's fine-tuning. A space file (--space) narrows, widens, fixes or adds settings of SEARCHABLE.
+SEARCH_SPACE: tuple[Dimension, ...] = (
+    Dimension("learning-rate", 1e-5, 2e-4, log=True),
+    Dimension("epochs", 1, 4),
+    Dimension("warmup-ratio", 0.0, 0.2),
+    Dimension("weight-decay", 0.0, 0.1),
+    Dimension("batch-size", choices=(8, 16, 32)),
+    Dimension("max-length", choices=(64, 128, 192)),
+    Dimension("freeze-encoder", choices=(False, True)),
+    Dimension("class-weights", choices=("none", "auto")),
+)
+
+
 def setting(name: str) -> Setting:
     return BY_NAME[name]
 

@@ -10,6 +10,7 @@ points   a step's name (the start of its body: start, ingest, validate, split, t
          register, end); train/after_epoch_<N> (epoch N is finished and checkpointed);
          register/after_version (the model version exists, its aliases are not set yet);
          predict/shard_<k> (PredictFlow: shard k, counted from 0, has its model and has scored nothing yet);
+         tune/trial_<n> (TuneFlow: trial n, counted from 0, has its recipe and MLflow run, trains nothing yet);
          promote/after_alias (`champion` was moved, the move is not yet in the audit trail)
 mode     raise (default): raise InjectedFault; kill: SIGKILL this process (a lost task);
          hang: stop here until killed from outside (a test then kills the whole run, as a lost machine would)

@@ -60,6 +60,7 @@ def train_classifier(
     after_epoch: Callable[[int], None] | None = None,
     before_micro_batch: Callable[[int, int], None] | None = None,
     progress: str | None = None,
+    on_epoch: Callable[[dict], None] | None = None,
 ) -> TrainResult:
     """Fine-tune `model` in place and return what happened; the best epoch's weights are kept.
 
@@ -68,6 +69,7 @@ def train_classifier(
     after_epoch(epoch): after an epoch is finished and checkpointed.
     before_micro_batch(step, rows): before every forward pass (tests inject out-of-memory errors here).
     progress: "bar", "lines" (a line every ~10 s) or "quiet" (the epoch lines only); default: steps/runtime/progress.py.
+    on_epoch(metrics): after each epoch is validated and ranked (a tuner's pruner reads it; raising stops training).
     `val_tokens` may be None: then no validation, no early stopping, and the last epoch is kept.
     """
     config.validate()
@@ -76,7 +78,8 @@ def train_classifier(
                               "(steps.training.auto_model.recipe_values)")
     seed_everything(config.seed)
     trainer = Trainer(model, train_tokens, val_tokens, config, log=log, checkpoints=checkpoints, on_step=on_step,
-                      after_epoch=after_epoch, before_micro_batch=before_micro_batch, progress=progress)
+                      after_epoch=after_epoch, before_micro_batch=before_micro_batch, progress=progress,
+                      on_epoch=on_epoch)
     return trainer.run()
 
 
@@ -84,12 +87,13 @@ class Trainer:
     """One training job: the model, its optimizer and schedule, and where it stands (a TrainingState)."""
 
     def __init__(self, model, train_tokens, val_tokens, config: TrainConfig, log=print, checkpoints=None,
-                 on_step=None, after_epoch=None, before_micro_batch=None, progress=None):
+                 on_step=None, after_epoch=None, before_micro_batch=None, progress=None, on_epoch=None):
         import torch
 
         self.model, self.train, self.val, self.config = model, train_tokens, val_tokens, config
         self.log, self.checkpoints, self.progress = log, checkpoints, progress
         self.on_step, self.after_epoch, self.before_micro_batch = on_step, after_epoch, before_micro_batch
+        self.on_epoch = on_epoch
         self.device = pick_device(config.device)
         self.dtype, self.precision_reason = choose_precision(self.device, config.precision, model)
         self.scaler = torch.amp.GradScaler("cuda") if self.dtype == torch.float16 else None
@@ -319,6 +323,8 @@ class Trainer:
             if config.patience and state.stale >= config.patience:
                 state.stopped_early = True
                 self.log(f"early stopping: the {self.selection} has not improved for {state.stale} epoch(s)")
+        if self.on_epoch:
+            self.on_epoch(dict(metrics))
 
     @property
     def selection(self) -> str:
