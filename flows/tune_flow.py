@@ -4,17 +4,18 @@
     python flows/tune_flow.py run --space space.yaml --study my-study --data reviews.csv --train-best
 
 start -> ingest -> validate -> split -> worker (foreach --workers) -> join -> end. The data is read, checked and
-split exactly as ReviewFlow does. The study lives in a database (steps/evaluation/tune.py), so the workers, which
+split exactly as ReviewFlow does. The study lives in a database (steps/evaluation/studies.py), so the workers, which
 each pull trials until `--trials` are done or `--timeout` has passed, share it; so do Argo pods, a `resume`, and a
 later `run --study NAME`. Trials are scored on the validation rows only; the test rows are scored once, at the end,
 for the best trial. MLflow: one parent run, one child run per trial. The end card has the best trials, the
 optimisation history, parameter importances and the ReviewFlow command for the best recipe; `--train-best` runs it.
 """
-from metaflow import FlowSpec, Parameter, card, current, step
+from metaflow import FlowSpec, Parameter, card, current, resources, step
 
 from flowkit.launch import main
 from flowkit.packaging import ship_library
 from flowkit.parameters import flow_parameters, settings
+from flowkit.step_runs import closing_flow_run
 
 NOT_TUNED = ("fail-on-drift",)  # there is no champion to drift from
 
@@ -49,7 +50,7 @@ class TuneFlow(FlowSpec):
     def start(self):
         from steps import settings as catalog
         from steps.data.ingest import check_data_option
-        from steps.evaluation import tune
+        from steps.evaluation import studies, tune
         from steps.runtime import tracking
         from steps.runtime.errors import ReviewflowError
         from steps.training.auto_model import choose_model
@@ -63,7 +64,7 @@ class TuneFlow(FlowSpec):
             raise ReviewflowError(f"--trials must be 1 to 10000 and --workers 1 to 64, got {self.trials} and "
                                   f"{self.workers}")
         self.timeout_seconds = tune.parse_timeout(self.timeout)
-        if tune.masked(self.storage) != self.storage:
+        if studies.masked(self.storage) != self.storage:
             raise ReviewflowError("--storage holds a password, which would be stored with the run's parameters: "
                                   "put the URL in REVIEWFLOW_STUDY_STORAGE instead")
         check_data_option(self.data)
@@ -78,7 +79,7 @@ class TuneFlow(FlowSpec):
         self.base_values = values
         self.figure, self.direction = tune.objective_of(self.best_epoch_by)
         self.tracking_uri = tracking.resolve_tracking_uri()
-        self.study_url_shown = tune.masked(tune.study_storage(self.storage, self.tracking_uri))
+        self.study_url_shown = studies.masked(studies.study_storage(self.storage, self.tracking_uri))
         self.study_name = self.study or f"{current.flow_name}-{current.run_id}"
         self.space_json = as_json(self.search_space, self.held)
         self.mlflow_run_id = tracking.start_flow_run(
@@ -126,7 +127,7 @@ class TuneFlow(FlowSpec):
         from flowkit.metaflow_internals import settled
         from flowkit.step_runs import step_run
         from steps.data.split import split_reviews
-        from steps.evaluation import tune
+        from steps.evaluation import studies
         from steps.runtime.errors import ReviewflowError
 
         with step_run(self, "split") as run:
@@ -135,28 +136,31 @@ class TuneFlow(FlowSpec):
             if not len(self.split_data.validation):
                 raise ReviewflowError(f"{self.data}: no validation rows after the split, and trials are scored "
                                       "on them; give more reviews")
-            key = tune.StudyKey(self.base_model, f"{self.figure} ({self.direction})", self.fingerprint)
-            study = tune.open_study(tune.study_storage(self.storage, self.tracking_uri), self.study_name, key,
+            key = studies.StudyKey(self.base_model, f"{self.figure} ({self.direction})", self.fingerprint)
+            study = studies.open_study(studies.study_storage(self.storage, self.tracking_uri), self.study_name, key,
                                     self.direction, self.space_json)
-            print(f"Split: {self.split_data.sizes()}.\n" + tune.progress_line(study, self.trials, self.figure))
+            print(f"Split: {self.split_data.sizes()}.\n" + studies.progress_line(study, self.trials, self.figure))
         self.worker_ids = list(range(self.workers))
         self.next(self.worker, foreach="worker_ids")
 
+    @resources(gpu=1, cpu=4, memory=16000)  # a worker trains as ReviewFlow's train step does (on Kubernetes: a pod)
     @step
     def worker(self):
         import time
 
         from flowkit.events import side_by_side
-        from steps.evaluation import tune
+        from steps.evaluation import studies, tune
         from steps.runtime import threads, tracking
 
-        study = tune.load_study(tune.study_storage(self.storage, self.tracking_uri), self.study_name,
+        study = studies.load_study(studies.study_storage(self.storage, self.tracking_uri), self.study_name,
                                 seed=self.seed * 1000 + 101 * self.input, budget=self.trials)
         recorder = tune.TrialRecorder(tracking.client(self.tracking_uri), self.mlflow_run_id, self.study_name,
                                       self.input, current.pathspec)
         deadline = time.time() + self.timeout_seconds if self.timeout_seconds else float("inf")
         frames = {"train": self.split_data.train, "validation": self.split_data.validation}
-        with threads.lease(siblings=side_by_side(len(self.worker_ids))):  # this worker's share of the cores
+        # the lease: this worker's share of the cores; closing_flow_run: a crash marks the MLflow run FAILED and
+        # prints how to resume (the study keeps every finished trial)
+        with closing_flow_run(self), threads.lease(siblings=side_by_side(len(self.worker_ids))):
             print(f"worker {self.input}: {threads.describe()}", flush=True)
             work = tune.Worker(study, self.search_space, self.held, self.base_values, frames, self.base_model,
                                self.trials, deadline, self.figure, log_trial=recorder,
@@ -173,7 +177,7 @@ class TuneFlow(FlowSpec):
         self.merge_artifacts(inputs, exclude=["ran", "kept", "split_data"])
         self.ran = sorted(n for i in inputs for n in i.ran)
         kept = [i.kept for i in inputs if i.kept is not None]
-        # the best, and of equal ones the first trial: as tune.best_trial picks from the study
+        # the best, and of equal ones the first trial: as studies.best_trial picks from the study
         self.kept = (max(kept, key=lambda k: (k.value, -k.trial)) if self.direction == "maximize"
                      else min(kept, key=lambda k: (k.value, k.trial))) if kept else None
         self.split_data = inputs[0].split_data
@@ -182,14 +186,20 @@ class TuneFlow(FlowSpec):
     @card(type="blank", id="tuning")
     @step
     def end(self):
+        with closing_flow_run(self):
+            self.finish()
+
+    def finish(self):
+        """The end step's work: the best trial tested once, the card, MLflow, and --train-best."""
         from flowkit.cards.tuning import tuning_card
-        from steps.evaluation import tune, tune_report
+        from steps.evaluation import studies, tune, tune_report
+        from steps.evaluation.metrics import interval_line
         from steps.runtime import tracking
 
-        study = tune.load_study(tune.study_storage(self.storage, self.tracking_uri), self.study_name)
+        study = studies.load_study(studies.study_storage(self.storage, self.tracking_uri), self.study_name)
         rows = tune_report.trial_rows(study, self.figure)
         maximize = self.direction == "maximize"
-        best = tune.best_trial(study)
+        best = studies.best_trial(study)
         run = tracking.StepRun(tracking.client(self.tracking_uri), self.mlflow_run_id)
         self.trial_rows, self.best, self.test_metrics, self.train_command = rows, None, None, None
         lines = tune_report.table_lines(rows, self.figure, maximize, self.search_space)
@@ -198,7 +208,8 @@ class TuneFlow(FlowSpec):
         if best is not None:
             values = tune_report.best_values(best, self.held, self.base_values)
             frames = {"train": self.split_data.train, "validation": self.split_data.validation}
-            kept, where = tune.weights_of(best.number, self.kept, study, frames, self.base_model, values)
+            kept, where = tune.weights_of(best.number, self.kept, study, frames, self.base_model, values,
+                                          find=kept_by_task)
             print(f"The best trial, {best.number}: weights {where}; scoring the test rows once.", flush=True)
             self.test_metrics = tune_report.score_on_test(kept.classifier, self.split_data.test, kept.max_length)
             self.train_command = tune_report.review_flow_command({**values, "model": self.base_model})
@@ -207,7 +218,7 @@ class TuneFlow(FlowSpec):
             run.metrics({f"best_{self.figure}": best.value, "best_trial": best.number,
                          **{f"test_{k}": v for k, v in self.test_metrics.items() if isinstance(v, (int, float))}})
             run.tags({"best_trial": str(best.number), "train_command": self.train_command})
-        counts = tune.counts(study)
+        counts = studies.counts(study)
         run.metrics({"trials_complete": counts.complete, "trials_pruned": counts.pruned,
                      "trials_failed": counts.failed})
         history = tune_report.history_plot(rows, self.figure, maximize)
@@ -224,14 +235,10 @@ class TuneFlow(FlowSpec):
             self.best, self.test_metrics, history, importance, found, why_none, self.train_command))
         self.train_best_run = None
         if self.train_best and self.best is not None:
-            self.train_best_run = tune.run_review_flow(
-                __file__, self.train_command, {"study": self.study_name,
-                                               "tuned_by": f"{current.flow_name}/{current.run_id}"})
+            self.train_best_run = train_best(self.best["values"], self.study_name)
         tracking.finish_flow_run(self.tracking_uri, self.mlflow_run_id, outcome="tuned")
-        from steps.evaluation.metrics import interval_line
-
         print("\n".join(
-            ["", f"=== {current.flow_name}/{current.run_id}: {tune.progress_line(study, self.trials, self.figure)}"
+            ["", f"=== {current.flow_name}/{current.run_id}: {studies.progress_line(study, self.trials, self.figure)}"
              " ===", *lines, ""]
             + ([f"best: trial {best.number}, validation {self.figure.removeprefix('val_')} {best.value:.4f}; on the "
                 f"{self.test_metrics['rows']} test rows (scored once): accuracy {self.test_metrics['accuracy']:.4f}, "
@@ -239,6 +246,31 @@ class TuneFlow(FlowSpec):
                 f"train it: {self.train_command}"] if best is not None else ["no trial finished"])
             + ([f"trained with ReviewFlow: {self.train_best_run}"] if self.train_best_run else [])
             + [f"card: python flows/tune_flow.py card view {current.run_id}/end"]))
+
+
+def kept_by_task(pathspec: str):
+    """The trial a worker task of an earlier run kept (its best, with weights), read with the Metaflow client."""
+    from metaflow import Task, namespace
+
+    namespace(None)
+    return Task(pathspec).data.kept
+
+
+def train_best(values: dict, study: str) -> str:
+    """Run ReviewFlow with the best recipe, tagged with the study; its output is shown here. A failure raises."""
+    from flowkit.events import run_review_flow
+    from steps import settings as catalog
+    from steps.evaluation.tune_report import review_flow_options
+    from steps.runtime.errors import ReviewflowError
+
+    params = {catalog.BY_NAME[name].attr: value for name, value in review_flow_options(values).items()}
+    pathspec, status, results = run_review_flow(
+        {**params, "tags": [f"study:{study}", f"tuned_by:{current.flow_name}/{current.run_id}"]})
+    if status != "successful":
+        raise ReviewflowError(f"{pathspec or 'ReviewFlow'} (the best recipe) ended {status}; its output is above")
+    registration = results.get("registration") or {}
+    version = f", version {registration.get('version')}" if registration else ""
+    return f"{pathspec} ({results.get('route')}{version})"
 
 
 if __name__ == "__main__":

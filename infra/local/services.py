@@ -6,6 +6,8 @@
     python infra/local/services.py status
     python infra/local/services.py stop
 
+TuneFlow's studies go to a database `optuna` in the same PostgreSQL cluster (`--db postgres`), else to a SQLite
+file beside the MLflow server's; the environment file names it (REVIEWFLOW_STUDY_STORAGE).
 S3 is SeaweedFS (infra/local/s3.py), bound to 127.0.0.1 with one bucket and one generated access key. The MLflow
 server (infra/local/mlflow_server.py) keeps runs and registry in SQLite or, with `--db postgres`, in a PostgreSQL
 cluster made from the distribution's binaries (infra/local/postgres.py: initdb/pg_ctl, a random password, data in
@@ -36,7 +38,8 @@ STATE_DIR = Path(__file__).resolve().parent / ".state"
 ENV_FILE = "services.env"
 
 
-def env_file_text(s3: S3Server, mlflow_server: MlflowServer | None, datastore_prefix: str = "metaflow") -> str:
+def env_file_text(s3: S3Server, mlflow_server: MlflowServer | None, datastore_prefix: str = "metaflow",
+                  study_storage: str = "") -> str:
     settings = {
         **s3.env(),
         "METAFLOW_DEFAULT_DATASTORE": "s3",
@@ -46,6 +49,8 @@ def env_file_text(s3: S3Server, mlflow_server: MlflowServer | None, datastore_pr
         settings.update(mlflow_server.env())  # the server proxies artifacts to S3
     else:
         settings["MLFLOW_DEFAULT_ARTIFACT_ROOT"] = f"s3://{s3.bucket}/mlflow"  # embedded SQLite, artifacts in S3
+    if study_storage:
+        settings["REVIEWFLOW_STUDY_STORAGE"] = study_storage  # TuneFlow's studies (steps/evaluation/tune.py)
     lines = ["# reviewflow on the local services (written by infra/local/services.py start; secrets: keep it 0600)"]
     lines += [f"export {k}={v}" for k, v in settings.items()]
     return "\n".join(lines) + "\n"
@@ -77,10 +82,12 @@ def cmd_start(args) -> int:
         mlflow_server = None
         if not args.no_mlflow:
             backend = auth_db = None
+            study_storage = f"sqlite:///{(state_dir / 'mlflow' / 'optuna.db').resolve()}"
             if args.db == "postgres":
-                postgres = started["postgres"] = start_postgres(state_dir / "postgres", ("mlflow", "mlflow_auth"),
-                                                                port=args.postgres_port)
+                postgres = started["postgres"] = start_postgres(
+                    state_dir / "postgres", ("mlflow", "mlflow_auth", "optuna"), port=args.postgres_port)
                 backend, auth_db = postgres.uri("mlflow"), postgres.uri("mlflow_auth")
+                study_storage = postgres.uri("optuna")
                 print(f"PostgreSQL up on 127.0.0.1:{postgres.port} (data {postgres.data_dir}, log {postgres.log})")
             mlflow_server = started["mlflow"] = start_mlflow(
                 state_dir / "mlflow", f"s3://{s3.bucket}/mlartifacts", s3.env(), port=args.mlflow_port,
@@ -93,7 +100,8 @@ def cmd_start(args) -> int:
         raise
     state = {name: asdict(server) if server else None for name, server in started.items()}
     _write_private(state_dir / "services.json", json.dumps(state, indent=2))
-    _write_private(state_dir / ENV_FILE, env_file_text(s3, mlflow_server))
+    _write_private(state_dir / ENV_FILE, env_file_text(s3, mlflow_server,
+                                                        study_storage=study_storage if mlflow_server else ""))
     print(f"Settings (with the generated passwords) written to {state_dir / ENV_FILE}, mode 0600; use them with:"
           f"\n  source {state_dir / ENV_FILE}")
     return 0

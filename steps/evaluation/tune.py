@@ -1,33 +1,25 @@
-"""The work of TuneFlow (flows/tune_flow.py): an Optuna study in a database, workers that pull trials from it until
-the budget is spent, and one trial: a recipe sampled from the search space (steps/training/search_space.py),
+"""The work of TuneFlow (flows/tune_flow.py): workers that pull trials from the study (steps/evaluation/studies.py)
+until the budget is spent, and one trial: a recipe sampled from the search space (steps/training/search_space.py),
 trained by the same engine as ReviewFlow, scored on the validation rows only, pruned when it is clearly losing.
-
-The study lives in Optuna's RDB storage, not in a process: by default a SQLite file beside the MLflow store's
-(`optuna.db` next to `mlflow.db`); with `--storage` or REVIEWFLOW_STUDY_STORAGE any SQLAlchemy URL, e.g. the team
-stack's PostgreSQL database that `infra/local/services.py start --db postgres` creates. So workers on other
-machines (Argo pods) share it, and a later run continues it.
-
-A worker whose process dies leaves its trial RUNNING; it is marked failed (and its recipe queued again once) by
-the next worker that looks: at once when the dead worker ran on the same machine (its pid is gone), else when its
-heartbeat is older than the grace period. A failed trial does not count against `--trials`.
 """
 from __future__ import annotations
 
-import os
 import re
-import socket
 import time
 from dataclasses import dataclass
 
+from steps.evaluation.studies import (
+    RUN_ATTR,
+    SURPLUS_ATTR,
+    counts,
+    fail_dead_trials,
+    own,
+    progress_line,
+    ran,
+)
 from steps.runtime.errors import ReviewflowError
 
-HEARTBEAT_SECONDS = 20  # a running trial's heartbeat interval ...
-GRACE_SECONDS = 90  # ... and how stale it may get before another worker marks the trial failed
 FAILURES_IN_A_ROW = 3  # a worker stops (with the error) after this many trials in a row failed: a bug, not a recipe
-PRUNE_AFTER_TRIALS = 4  # the pruner compares with the trials finished so far once there are this many
-STUDY_DB = "optuna.db"
-HOST_ATTR, PID_ATTR, STARTED_ATTR, RUN_ATTR = "host", "pid", "pid_started", "mlflow_run_id"
-SURPLUS_ATTR = "not_run"
 
 
 def parse_timeout(text: str) -> float:
@@ -45,191 +37,6 @@ def parse_timeout(text: str) -> float:
 def objective_of(best_epoch_by: str) -> tuple[str, str]:
     """(the validation figure a trial is scored by, Optuna's direction): the figure that picks the best epoch."""
     return ("val_loss", "minimize") if best_epoch_by == "loss" else ("val_f1", "maximize")
-
-
-# --- where the study lives --------------------------------------------------------------------------------------
-def masked(url: str) -> str:
-    """A storage URL fit for logs and params: its password replaced."""
-    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
-
-
-def study_storage(explicit: str, tracking_uri: str) -> str:
-    """The study's database: `explicit` (--storage), else REVIEWFLOW_STUDY_STORAGE, else a SQLite file beside the
-    MLflow store's SQLite file. An MLflow server (http) has no file to sit beside: then it must be given."""
-    url = explicit or os.environ.get("REVIEWFLOW_STUDY_STORAGE", "")
-    if url:
-        if "://" not in url:
-            raise ReviewflowError(f"--storage {masked(url)}: not a database URL; give e.g. sqlite:///studies.db or "
-                                  "postgresql+psycopg2://user:password@host/optuna")
-        return url
-    if tracking_uri.startswith("sqlite:///"):
-        store = tracking_uri[len("sqlite:///"):].split("?")[0]
-        return f"sqlite:///{os.path.join(os.path.dirname(store) or '.', STUDY_DB)}"
-    raise ReviewflowError(f"the MLflow store {tracking_uri} is not a SQLite file, so the study has no default "
-                          "database: give --storage (a SQLAlchemy URL every worker reaches) or set "
-                          "REVIEWFLOW_STUDY_STORAGE (infra/local/services.py writes it into services.env)")
-
-
-def storage(url: str):
-    """Optuna's RDB storage with heartbeats: a trial whose worker died is failed and its recipe queued once more."""
-    import optuna
-
-    engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
-    try:
-        return optuna.storages.RDBStorage(
-            url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS,
-            failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=1))
-    except Exception as err:  # noqa: BLE001 - SQLAlchemy's errors vary by driver; the URL is what to fix
-        raise ReviewflowError(f"the study database {masked(url)} cannot be opened: "
-                              f"{masked(str(err).splitlines()[0])}") from None
-
-
-def quiet_optuna() -> None:
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own lines say what happened, once
-
-
-@dataclass(frozen=True)
-class StudyKey:
-    """What makes trials of one study comparable: a later run that differs must use another study."""
-
-    model: str
-    objective: str
-    data: str  # the data fingerprint
-
-    def as_attrs(self) -> dict:
-        return {"key.model": self.model, "key.objective": self.objective, "key.data": self.data}
-
-
-def open_study(url: str, name: str, key: StudyKey, direction: str, space_json: str):
-    """Create the study, or load it and check that it searched the same model, objective and data."""
-    import optuna
-
-    quiet_optuna()
-    study = optuna.create_study(storage=storage(url), study_name=name, direction=direction, load_if_exists=True)
-    attrs = study.user_attrs
-    if not attrs.get("key.model"):
-        for attr, value in {**key.as_attrs(), "space": space_json}.items():
-            study.set_user_attr(attr, value)
-        return study
-    differ = [f"{what}: {attrs.get(attr)} in the study, {value} now" for attr, value in key.as_attrs().items()
-              for what in [attr.split(".", 1)[1]] if attrs.get(attr) != value]
-    if study.direction.name.lower() != direction:
-        differ.append(f"direction: {study.direction.name.lower()} in the study, {direction} now")
-    if differ:
-        raise ReviewflowError(f"--study {name} was searched with other settings ({'; '.join(differ)}): its trials "
-                              "would not compare with new ones; give another --study name")
-    return study
-
-
-def load_study(url: str, name: str, seed: int | None = None, budget: int = 0):
-    """The study, with this process's sampler and pruner (Optuna keeps neither in the database). The sampler: TPE,
-    seeded per worker and per trials already in the study (so two workers, or a continued study, do not propose
-    the same recipes), with a constant liar so parallel workers spread out. The pruner: median, per epoch."""
-    import optuna
-
-    quiet_optuna()
-    if seed is None:
-        return optuna.load_study(study_name=name, storage=storage(url))
-    study = optuna.load_study(study_name=name, storage=storage(url))
-    sampler = optuna.samplers.TPESampler(seed=seed + len(study.get_trials(deepcopy=False)),
-                                         n_startup_trials=max(2, min(10, budget // 3)), constant_liar=True)
-    pruner = optuna.pruners.MedianPruner(n_startup_trials=PRUNE_AFTER_TRIALS, n_warmup_steps=0)
-    return optuna.load_study(study_name=name, storage=storage(url), sampler=sampler, pruner=pruner)
-
-
-# --- where a study stands -----------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Counts:
-    complete: int
-    pruned: int
-    failed: int
-    running: int
-
-    @property
-    def done(self) -> int:
-        return self.complete + self.pruned
-
-
-def ran(trials) -> list:
-    """The trials that ran: not those a worker created after the budget was spent (see Worker.surplus)."""
-    return [t for t in trials if not t.user_attrs.get(SURPLUS_ATTR)]
-
-
-def counts(study) -> Counts:
-    from optuna.trial import TrialState
-
-    trials = ran(study.get_trials(deepcopy=False))
-    n = lambda state: sum(t.state == state for t in trials)  # noqa: E731
-    return Counts(n(TrialState.COMPLETE), n(TrialState.PRUNED), n(TrialState.FAIL), n(TrialState.RUNNING))
-
-
-def best_trial(study):
-    """The best complete trial, or None."""
-    from optuna.trial import TrialState
-
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    if not complete:
-        return None
-    pick = max if study.direction.name == "MAXIMIZE" else min
-    return pick(complete, key=lambda t: (t.value, -t.number) if pick is max else (t.value, t.number))
-
-
-def progress_line(study, budget: int, figure: str) -> str:
-    c, best = counts(study), best_trial(study)
-    return (f"study {study.study_name}: {c.done}/{budget} trials done ({c.pruned} pruned, {c.failed} failed), "
-            f"{c.running} running; best so far "
-            + (f"{figure} {best.value:.4f} (trial {best.number})" if best else "none yet"))
-
-
-# --- trials whose worker died -------------------------------------------------------------------------------
-def process_alive(pid: int, started: str | None) -> bool:
-    from steps.runtime.threads import _started
-
-    now = _started(pid)
-    return now is not None and (started is None or now == started)
-
-
-def fail_dead_trials(study, mlflow_client=None) -> list[int]:
-    """Mark failed the RUNNING trials whose worker ran on this machine and is gone (its recipe is queued again
-    once, as the heartbeat does for workers elsewhere); their MLflow runs too. Returns their numbers."""
-    import optuna
-    from optuna.trial import TrialState
-
-    host, failed = socket.gethostname(), []
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        attrs = trial.user_attrs
-        if attrs.get(HOST_ATTR) != host or PID_ATTR not in attrs:
-            continue
-        if process_alive(int(attrs[PID_ATTR]), attrs.get(STARTED_ATTR)):
-            continue
-        try:
-            study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
-        except optuna.exceptions.UpdateFinishedTrialError:
-            continue  # another worker got there first
-        failed.append(trial.number)
-        optuna.storages.RetryFailedTrialCallback(max_retry=1)(study, study._storage.get_trial(trial._trial_id))
-        if mlflow_client is not None and attrs.get(RUN_ATTR):
-            try:
-                mlflow_client.set_tag(attrs[RUN_ATTR], "trial_state", "failed")
-                mlflow_client.set_tag(attrs[RUN_ATTR], "failed_because", "its worker stopped")
-                mlflow_client.set_terminated(attrs[RUN_ATTR], "FAILED")
-            except Exception as err:  # noqa: BLE001 - the study is what counts; the run is a record of it
-                print(f"could not mark the MLflow run of trial {trial.number} FAILED: {err}", flush=True)
-    if failed:
-        print(f"trial(s) {', '.join(map(str, failed))}: their worker stopped; marked failed (not counted), each "
-              "recipe queued once more", flush=True)
-    return failed
-
-
-def own(trial) -> None:
-    """Record which process runs the trial, so a worker on this machine can tell when it died."""
-    from steps.runtime.threads import _started
-
-    trial.set_user_attr(HOST_ATTR, socket.gethostname())
-    trial.set_user_attr(PID_ATTR, os.getpid())
-    trial.set_user_attr(STARTED_ATTR, _started(os.getpid()))
 
 
 # --- one trial ------------------------------------------------------------------------------------------------
@@ -383,7 +190,7 @@ class Worker:
         if len(before) < self.budget:
             return False
         trial.set_user_attr(SURPLUS_ATTR, "the budget was spent by other workers")
-        queued = trial.system_attrs.get("fixed_params")
+        queued = self.study._storage.get_trial_system_attrs(trial._trial_id).get("fixed_params")
         if queued:
             self.study.enqueue_trial(queued, user_attrs={"queued_again_from": trial.number})
         self.log(f"trial {trial.number}: not run, the other workers spent the budget of {self.budget} trials")
@@ -478,18 +285,17 @@ def train_recipe(values: dict, frames: dict, model: str, log=print) -> Kept:
                 int(values["max-length"]))
 
 
-def weights_of(number: int, kept: Kept | None, study, frames: dict, model: str, values: dict) -> tuple:
+def weights_of(number: int, kept: Kept | None, study, frames: dict, model: str, values: dict,
+               find=None) -> tuple:
     """(Kept, where it came from) for trial `number`: this run's workers kept it, or an earlier run's worker did
-    (the study names the task), or, lost with a killed worker, it is trained again from its recipe and seed."""
+    (the study names its task; `find(task)` reads its Kept, or None), or, lost with a killed worker, it is trained
+    again from its recipe and seed."""
     if kept is not None and kept.trial == number:
         return kept, "kept by this run's worker"
     where = study.user_attrs.get(f"weights.{number}")
-    if where:
+    if where and find is not None:
         try:
-            from metaflow import Task, namespace
-
-            namespace(None)
-            found = Task(where).data.kept
+            found = find(where)
             if found is not None and found.trial == number:
                 return found, f"kept by {where}"
         except Exception as err:  # noqa: BLE001 - an earlier run's datastore may be gone; training again works
@@ -497,32 +303,3 @@ def weights_of(number: int, kept: Kept | None, study, frames: dict, model: str, 
     print(f"trial {number}: its weights were not kept (its worker stopped); training its recipe again", flush=True)
     again = train_recipe(values, frames, model, log=lambda line: print(f"trial {number} again: {line}", flush=True))
     return Kept(number, again.value, again.classifier, again.max_length), "trained again from its recipe"
-
-
-def run_review_flow(tune_flow_file: str, command: str, tags: dict) -> str:
-    """Run `command` (the best recipe's `python flows/review_flow.py run ...`) with `tags` as Metaflow tags
-    (ReviewFlow copies key:value tags onto its MLflow run); its output streams through. Returns its run's
-    pathspec; a failure raises, naming it."""
-    import re
-    import shlex
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    args = shlex.split(command)[2:]  # after `python flows/review_flow.py`
-    flow_file = str(Path(tune_flow_file).resolve().with_name("review_flow.py"))
-    cmd = [sys.executable, flow_file, *args, *[part for k, v in tags.items() for part in ("--tag", f"{k}:{v}")]]
-    print(f"Training the best recipe with ReviewFlow: {command} " + " ".join(f"--tag {k}:{v}" for k, v in tags.items()),
-          flush=True)
-    run_id = None
-    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as child:
-        for line in child.stdout:
-            print(line, end="", flush=True)
-            found = re.search(r"run-id (\S+?)\)", line)
-            run_id = run_id or (found.group(1) if found else None)
-    pathspec = f"ReviewFlow/{run_id}" if run_id else "ReviewFlow"
-    if child.returncode != 0:
-        raise ReviewflowError(f"{pathspec} (the best recipe) failed with exit code {child.returncode}; its output "
-                              "is above")
-    return pathspec
-

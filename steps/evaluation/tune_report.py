@@ -15,19 +15,22 @@ def best_values(trial, held: dict, base: dict) -> dict:
     return {**base, **held, **trial.params}
 
 
-def review_flow_command(values: dict, flow_file: str = "flows/review_flow.py", extra: tuple = ()) -> str:
-    """`python flows/review_flow.py run ...` with every data, model and training option that differs from
-    ReviewFlow's default (the model always: auto could pick another one on another machine)."""
+def review_flow_options(values: dict) -> dict:
+    """ReviewFlow's data, model and training options (by option name) whose value differs from its default, and
+    the model always (auto could pick another one on another machine)."""
+    return {s.name: values[s.name] for s in settings.select("data", "model", "training")
+            if s.name in values and (values[s.name] != s.default or s.name == "model")}
+
+
+def review_flow_command(values: dict, flow_file: str = "flows/review_flow.py") -> str:
+    """`python flows/review_flow.py run ...` with review_flow_options(values)."""
     options = []
-    for setting in settings.select("data", "model", "training"):
-        value = values.get(setting.name, setting.default)
-        if value == setting.default and setting.name != "model":
-            continue
-        if setting.is_flag:
-            options += [f"--{setting.name}"] if value else []
+    for name, value in review_flow_options(values).items():
+        if settings.BY_NAME[name].is_flag:
+            options += [f"--{name}"] if value else []
         else:
-            options.append(f"--{setting.name} {shlex.quote(str(value))}")
-    return " ".join([f"python {flow_file} run", *options, *extra])
+            options.append(f"--{name} {shlex.quote(str(value))}")
+    return " ".join([f"python {flow_file} run", *options])
 
 
 def trial_rows(study, figure: str) -> list[dict]:

@@ -40,7 +40,7 @@ def predict_template(s3_server, tmp_path_factory):
     return compiled_template("predict_flow.py", s3_server, tmp_path_factory)
 
 
-def compiled_template(flow_file, s3_server, tmp_path_factory):
+def compiled_template(flow_file, s3_server, tmp_path_factory, project=True):
     """`argo-workflows create --only-json` with infra/k8s/metaflow-config.json; only the S3 endpoint and the
     metadata provider are pointed at this machine (the code package is uploaded to the local S3 server)."""
     home = tmp_path_factory.mktemp("metaflow-home")
@@ -48,8 +48,8 @@ def compiled_template(flow_file, s3_server, tmp_path_factory):
     env = {**os.environ, **s3_server.env(), "METAFLOW_HOME": str(home), "METAFLOW_PROFILE": "k8s",
            "METAFLOW_DATASTORE_SYSROOT_S3": f"s3://{s3_server.bucket}/deploy-test",
            "METAFLOW_DEFAULT_METADATA": "local", "USERNAME": "ci"}
-    cmd = [sys.executable, str(FLOWS / flow_file), "--production", "--with", "kubernetes", "argo-workflows",
-           "create", "--only-json"]  # as docs/retraining.md deploys them: the production branch owns the model
+    cmd = [sys.executable, str(FLOWS / flow_file), *(["--production"] if project else []), "--with", "kubernetes",
+           "argo-workflows", "create", "--only-json"]  # as docs/retraining.md deploys them: production owns the model
     proc = subprocess.run(cmd, cwd=tmp_path_factory.mktemp("deploy"), env=env, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -101,6 +101,23 @@ def test_predict_flow_fans_its_shards_out_as_parallel_pods(predict_template):
     assert predict_template["spec"]["parallelism"] == 100  # Metaflow's default, far above a usual --shards
     parameters = {p["name"]: p["value"] for p in predict_template["spec"]["arguments"]["parameters"]}
     assert parameters["shards"] == "1" and {"data", "output", "model-uri"} <= set(parameters)
+
+
+@pytest.fixture(scope="module")
+def tune_template(s3_server, tmp_path_factory):
+    return compiled_template("tune_flow.py", s3_server, tmp_path_factory, project=False)  # it registers nothing
+
+
+def test_tune_flow_runs_its_workers_as_parallel_pods_on_one_study(tune_template):
+    """--workers K is a foreach: one worker pod per worker, each with a GPU, side by side; the study is in the
+    database they share (REVIEWFLOW_STUDY_STORAGE in their environment), not in a pod."""
+    templates = {t["name"]: t for t in tune_template["spec"]["templates"]}
+    assert templates["worker"]["container"]["resources"]["limits"] == {"nvidia.com/gpu": "1"}
+    [fan_out] = [task for task in templates["TuneFlow"]["dag"]["tasks"] if task.get("withParam")]
+    assert fan_out["withParam"] == "{{tasks.split.outputs.parameters.num-splits}}"
+    assert [task["template"] for task in templates[fan_out["template"]]["dag"]["tasks"]] == ["worker"]
+    parameters = {p["name"]: p["value"] for p in tune_template["spec"]["arguments"]["parameters"]}
+    assert parameters["workers"] == "2" and parameters["trials"] == "24" and {"space", "study"} <= set(parameters)
 
 
 def test_argo_events_manifests_match_the_metaflow_config():

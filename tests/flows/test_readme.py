@@ -12,7 +12,7 @@ import pytest
 from tests.flow_runs import ROOT
 
 FLOWS = {"ReviewFlow": "review_flow.py", "PromoteFlow": "promote_flow.py", "PredictFlow": "predict_flow.py",
-         "MonitorFlow": "monitor_flow.py", "CompareFlow": "compare_flow.py"}
+         "MonitorFlow": "monitor_flow.py", "CompareFlow": "compare_flow.py", "TuneFlow": "tune_flow.py"}
 HELP_OPTION = re.compile(r"^  (--[a-z0-9][a-z0-9-]*)")  # an option's own line in click's help, not a wrapped line
 TABLE_OPTION = re.compile(r"^\|\s*`(--[a-z0-9][a-z0-9-]*)`(?:,\s*`--[a-z0-9][a-z0-9-]*`)*\s*\|")  # option(s) first
 CELL_OPTION = re.compile(r"`(--[a-z0-9][a-z0-9-]*)`")

@@ -31,7 +31,7 @@ def team(s3_server, tiny_model_dir):
     # PostgreSQL runs as the `postgres` user when the tests run as root: its folder must be reachable by it
     state = Path(tempfile.mkdtemp(prefix="reviewflow-team-"))
     state.chmod(state.stat().st_mode | stat.S_IRWXU | stat.S_IXOTH | stat.S_IROTH)
-    database = postgres.start_postgres(state / "postgres", ("mlflow", "mlflow_auth"))
+    database = postgres.start_postgres(state / "postgres", ("mlflow", "mlflow_auth", "optuna"))
     prefix = f"team-{uuid.uuid4().hex[:8]}"
     try:
         server = start_mlflow(state / "mlflow", f"s3://{s3_server.bucket}/{prefix}/mlartifacts", s3_server.env(),
@@ -69,8 +69,9 @@ def test_requests_without_credentials_are_refused_and_the_flow_says_which_settin
 
 @pytest.fixture(scope="module")
 def team_runs(team, tmp_path_factory, tiny_model_dir):
-    """ReviewFlow, then PromoteFlow (history) and PredictFlow, against the team backend."""
-    server, _, env, _ = team
+    """ReviewFlow, then PromoteFlow (history), PredictFlow and TuneFlow (its study in PostgreSQL), against the team
+    backend."""
+    server, database, env, _ = team
     workdir = tmp_path_factory.mktemp("team-flows")
     data = write_reviews_csv(workdir / "reviews.csv", rows=240)
     review, review_run = run_flow("review_flow.py", workdir, env=env, data=str(data), model=str(tiny_model_dir),
@@ -82,8 +83,12 @@ def team_runs(team, tmp_path_factory, tiny_model_dir):
     predict, predict_run = run_flow("predict_flow.py", workdir, env=env, data=str(data),
                                     output=str(workdir / "preds.csv"))
     assert predict_run.status == "successful", predict_run.stdout[-3000:] + predict_run.stderr[-3000:]
+    tune, tune_run = run_flow("tune_flow.py", workdir, env={**env, "REVIEWFLOW_STUDY_STORAGE": database.uri("optuna")},
+                              data=str(data), model=str(tiny_model_dir), trials=2, workers=2, max_length=32,
+                              study="team-study")
+    assert tune_run.status == "successful", tune_run.stdout[-3000:] + tune_run.stderr[-3000:]
     return workdir, {"review": (review, review_run), "promote": (promote, promote_run),
-                     "predict": (predict, predict_run)}
+                     "predict": (predict, predict_run), "tune": (tune, tune_run)}
 
 
 def test_the_flows_run_against_postgresql_behind_auth_with_artifacts_in_s3(team, team_runs, monkeypatch):
@@ -100,6 +105,22 @@ def test_the_flows_run_against_postgresql_behind_auth_with_artifacts_in_s3(team,
     run = client.get_run(client.search_runs([client.get_experiment_by_name("reviewflow").experiment_id],
                                             "tags.metaflow_flow = 'ReviewFlow'")[0].info.run_id)
     assert run.info.artifact_uri.startswith("mlflow-artifacts:")  # proxied by the server into the S3 bucket
+
+
+def test_the_tuning_study_lives_in_postgresql(team, team_runs, monkeypatch):
+    import optuna
+
+    server, database, env, _ = team
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    study = optuna.load_study(study_name="team-study", storage=database.uri("optuna"))
+    assert sum(t.state.is_finished() for t in study.trials) == 2
+    assert len({t.user_attrs["pid"] for t in study.trials}) >= 1 and study.user_attrs["key.model"]
+    tune, _ = team_runs[1]["tune"]
+    parent = store_client(server.url).search_runs(
+        [store_client(server.url).get_experiment_by_name("reviewflow").experiment_id],
+        f"tags.metaflow_run = '{tune.pathspec}'")[0]
+    assert parent.data.params["storage"] == f"postgresql+psycopg2://{database.user}:***@127.0.0.1:{database.port}/optuna"
 
 
 def test_no_password_or_key_in_logs_params_tags_or_artifacts(team, team_runs, tmp_path, monkeypatch):

@@ -10,7 +10,7 @@ import sqlite3
 
 import pytest
 
-from steps.evaluation.tune import ran
+from steps.evaluation.studies import ran
 from tests.fixtures import write_reviews_csv
 from tests.flow_runs import card_components, run_flow, runner, store_client
 
@@ -145,11 +145,19 @@ def test_a_killed_worker_fails_its_trial_and_resume_finishes_the_study(tiny_mode
     assert killed.info.status == "FAILED" and killed.data.tags["trial_state"] == "failed"
 
     again, executing = run_flow("tune_flow.py", tmp_path, data=str(data), model=str(tiny_model_dir), trials=7,
-                                workers=1, space=str(space), study="killed", **TINY)
+                                workers=1, space=str(space), study="killed", train_best=True, **TINY)
     assert executing.status == "successful", executing.stdout[-3000:]
     study = study_in(tmp_path, "killed")
     assert sum(t.state.is_finished() and t.state != TrialState.FAIL for t in study.trials) == 7  # 2 more
     assert "7/7 trials done" in executing.stdout
+
+    # --train-best: ReviewFlow with the best recipe, registered as usual, the study in its tags
+    assert again.data.train_best_run.startswith("ReviewFlow/")
+    (trained,) = client.search_runs([experiment], "tags.metaflow_flow = 'ReviewFlow'")
+    assert trained.data.tags["study"] == "killed" and trained.data.tags["tuned_by"] == again.pathspec
+    assert trained.data.params["learning-rate"] == str(again.data.best["values"]["learning-rate"])
+    assert trained.data.params["model"] == str(tiny_model_dir)
+    assert client.search_model_versions("name = 'review-classifier.user.reviewflow-tests'")
 
 
 def test_a_bad_space_file_fails_in_start_naming_the_setting(tiny_model_dir, tmp_path):
