@@ -39,9 +39,9 @@ class TuneFlow(FlowSpec):
                       help="The study's name: an existing study is continued (its finished trials are kept). Empty: "
                            "a new study named after this run.")
     storage = Parameter("storage", default="",
-                        help="The study's database (SQLAlchemy URL, no password: put one in "
-                             "REVIEWFLOW_STUDY_STORAGE). Empty: REVIEWFLOW_STUDY_STORAGE, else optuna.db beside "
-                             "the MLflow SQLite store.")
+                        help="The study's database (SQLAlchemy URL; one with a password is refused, as parameters "
+                             "are stored with the run: put it in REVIEWFLOW_STUDY_STORAGE). Empty: "
+                             "REVIEWFLOW_STUDY_STORAGE, else optuna.db beside the MLflow SQLite store.")
     train_best = Parameter("train-best", default=False, type=bool, is_flag=True,
                            help="After the search, run ReviewFlow with the best recipe (gated and registered as "
                                 "usual, the study named in its tags).")
@@ -64,9 +64,6 @@ class TuneFlow(FlowSpec):
             raise ReviewflowError(f"--trials must be 1 to 10000 and --workers 1 to 64, got {self.trials} and "
                                   f"{self.workers}")
         self.timeout_seconds = tune.parse_timeout(self.timeout)
-        if studies.masked(self.storage) != self.storage:
-            raise ReviewflowError("--storage holds a password, which would be stored with the run's parameters: "
-                                  "put the URL in REVIEWFLOW_STUDY_STORAGE instead")
         check_data_option(self.data)
         choice = choose_model(self.model, None)
         self.base_model, self.model_why = choice.model, choice.why
@@ -85,7 +82,7 @@ class TuneFlow(FlowSpec):
         self.mlflow_run_id = tracking.start_flow_run(
             self.tracking_uri, current.flow_name, current.run_id,
             {**flow_parameters(self), "storage": self.study_url_shown, "model.resolved": self.base_model,
-             "space": self.space_json}, tags={"study": self.study_name})
+             "space.searched": self.space_json}, tags={"study": self.study_name})
         timeout = f", none after {self.timeout}" if self.timeout_seconds else ""
         print(f"Model: {self.base_model} ({choice.why}).\nPlan: study {self.study_name} in {self.study_url_shown}: "
               f"{self.trials} trials by {self.workers} worker(s){timeout}, scored by validation "
@@ -136,9 +133,10 @@ class TuneFlow(FlowSpec):
             if not len(self.split_data.validation):
                 raise ReviewflowError(f"{self.data}: no validation rows after the split, and trials are scored "
                                       "on them; give more reviews")
-            key = studies.StudyKey(self.base_model, f"{self.figure} ({self.direction})", self.fingerprint)
+            key = studies.StudyKey(self.base_model, f"{self.figure} ({self.direction})", self.fingerprint,
+                                   fixed_settings(self.base_values, self.held, self.search_space))
             study = studies.open_study(studies.study_storage(self.storage, self.tracking_uri), self.study_name, key,
-                                    self.direction, self.space_json)
+                                       self.direction, self.space_json, self.search_space)
             print(f"Split: {self.split_data.sizes()}.\n" + studies.progress_line(study, self.trials, self.figure))
         self.worker_ids = list(range(self.workers))
         self.next(self.worker, foreach="worker_ids")
@@ -206,18 +204,20 @@ class TuneFlow(FlowSpec):
         found, why_none = tune_report.importances(study, self.seed)
         self.importances = found
         if best is not None:
-            values = tune_report.best_values(best, self.held, self.base_values)
+            values = tune_report.best_values(best, self.held, self.base_values, self.base_model)
             frames = {"train": self.split_data.train, "validation": self.split_data.validation}
             kept, where = tune.weights_of(best.number, self.kept, study, frames, self.base_model, values,
                                           find=kept_by_task)
             print(f"The best trial, {best.number}: weights {where}; scoring the test rows once.", flush=True)
             self.test_metrics = tune_report.score_on_test(kept.classifier, self.split_data.test, kept.max_length)
-            self.train_command = tune_report.review_flow_command({**values, "model": self.base_model})
+            self.train_command = tune_report.review_flow_command(values)
             self.best = {"trial": best.number, "value": best.value, "params": dict(best.params), "values": values,
                          "weights": where}
             run.metrics({f"best_{self.figure}": best.value, "best_trial": best.number,
                          **{f"test_{k}": v for k, v in self.test_metrics.items() if isinstance(v, (int, float))}})
             run.tags({"best_trial": str(best.number), "train_command": self.train_command})
+        noise = tune_report.validation_noise(self.figure, best.value if best else None,
+                                             len(self.split_data.validation))
         counts = studies.counts(study)
         run.metrics({"trials_complete": counts.complete, "trials_pruned": counts.pruned,
                      "trials_failed": counts.failed})
@@ -232,7 +232,7 @@ class TuneFlow(FlowSpec):
         run.flush()
         current.card["tuning"].extend(tuning_card(
             self.study_name, counts, self.trials, rows, self.figure, maximize, self.search_space, self.held,
-            self.best, self.test_metrics, history, importance, found, why_none, self.train_command))
+            self.best, self.test_metrics, history, importance, found, why_none, self.train_command, noise))
         self.train_best_run = None
         if self.train_best and self.best is not None:
             self.train_best_run = train_best(self.best["values"], self.study_name)
@@ -243,9 +243,23 @@ class TuneFlow(FlowSpec):
             + ([f"best: trial {best.number}, validation {self.figure.removeprefix('val_')} {best.value:.4f}; on the "
                 f"{self.test_metrics['rows']} test rows (scored once): accuracy {self.test_metrics['accuracy']:.4f}, "
                 f"F1 {self.test_metrics['f1']:.4f}", interval_line(self.test_metrics) or "",
-                f"train it: {self.train_command}"] if best is not None else ["no trial finished"])
+                *([f"mind the noise: {noise}"] if noise else []), f"train it: {self.train_command}"]
+               if best is not None else ["no trial finished"])
             + ([f"trained with ReviewFlow: {self.train_best_run}"] if self.train_best_run else [])
             + [f"card: python flows/tune_flow.py card view {current.run_id}/end"]))
+
+
+def fixed_settings(base: dict, held: dict, space) -> str:
+    """JSON of the training settings (and max-length) the search does not range over, as the trials train with
+    them: part of what a later run must share to continue the study."""
+    import json
+
+    from steps import settings as catalog
+
+    searched = {d.name for d in space}
+    values = {**base, **held}
+    return json.dumps({s.name: values[s.name] for s in catalog.select("training", "max-length")
+                       if s.name not in searched and s.name in values}, sort_keys=True)
 
 
 def kept_by_task(pathspec: str):
@@ -274,4 +288,6 @@ def train_best(values: dict, study: str) -> str:
 
 
 if __name__ == "__main__":
-    main(TuneFlow)
+    from steps.evaluation.studies import refuse_password_option
+
+    main(TuneFlow, refuse=refuse_password_option)  # a password in --storage is refused before the run is stored

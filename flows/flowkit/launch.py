@@ -102,9 +102,11 @@ def recorded_user_errors(folder: str) -> list[str]:
     return list(dict.fromkeys(m for m in messages if m))
 
 
-def main(flow_class, run_defaults: dict | None = None) -> None:
+def main(flow_class, run_defaults: dict | None = None, refuse=None) -> None:
     """`if __name__ == "__main__": main(ReviewFlow)`: prepare the environment, then hand over to Metaflow.
 
+    refuse(argv): a message when the command line must not start a run at all (checked before Metaflow stores
+    anything: e.g. a password in an option), else None.
     A run that a user's mistake stops (a ReviewflowError: bad data, option, path, model, credentials) ends with
     that message as its last line and a non-zero exit, with no traceback; any other failure keeps its traceback.
     The step processes print the message in place of Metaflow's "Internal error" and leave it in a file that the
@@ -116,6 +118,10 @@ def main(flow_class, run_defaults: dict | None = None) -> None:
     from flowkit.metaflow_internals import print_user_errors_plainly
 
     prepare_environment()
+    problem = refuse(sys.argv) if refuse is not None and launches_a_run(sys.argv) else None
+    if problem:  # before Metaflow stores the run's parameters
+        print(problem, file=sys.stderr, flush=True)
+        raise SystemExit(2)
     if run_defaults:
         sys.argv = with_run_defaults(sys.argv, run_defaults)
     if not launches_a_run(sys.argv):

@@ -13,7 +13,6 @@ heartbeat is older than the grace period. A failed trial does not count against 
 from __future__ import annotations
 
 import os
-import re
 import socket
 import warnings
 from dataclasses import dataclass
@@ -29,9 +28,41 @@ SURPLUS_ATTR = "not_run"
 
 
 # --- where the study lives --------------------------------------------------------------------------------------
+def _parsed(url: str):
+    from sqlalchemy.engine import make_url
+
+    try:
+        parsed = make_url(url)
+    except Exception:  # noqa: BLE001 - SQLAlchemy raises ArgumentError, ValueError, ... for what does not parse
+        return None
+    return None if "@" in (parsed.host or "") else parsed  # a raw @ in a password: where it ends is a guess
+
+
 def masked(url: str) -> str:
-    """A storage URL fit for logs and params: its password replaced."""
-    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+    """A storage URL fit for logs and params: its password, and any password in its query, replaced by ***; a
+    value that does not parse as a URL is not echoed at all (it may be a password)."""
+    parsed = _parsed(url)
+    if parsed is None:
+        return "<a value that is not a database URL>"
+    query = {k: ("***" if "pass" in k.lower() else v) for k, v in parsed.query.items()}
+    return parsed.set(query=query).render_as_string(hide_password=True)
+
+
+def has_password(url: str) -> bool:
+    parsed = _parsed(url)
+    return parsed is not None and (parsed.password is not None or any("pass" in k.lower() for k in parsed.query))
+
+
+def refuse_password_option(argv: list[str]) -> str | None:
+    """For the launcher, before Metaflow stores any Parameter: why `--storage` may not be given as it is, or None.
+    Flow parameters are kept with the run (and shown by `card view`, the Metaflow UI, ...); a password is not."""
+    for i, arg in enumerate(argv):
+        value = arg.split("=", 1)[1] if arg.startswith("--storage=") else (
+            argv[i + 1] if arg == "--storage" and i + 1 < len(argv) else None)
+        if value and has_password(value):
+            return ("--storage holds a password, and flow parameters are stored with the run: put the URL in "
+                    "REVIEWFLOW_STUDY_STORAGE instead (infra/local/services.py writes it into services.env)")
+    return None
 
 
 def study_storage(explicit: str, tracking_uri: str) -> str:
@@ -39,8 +70,9 @@ def study_storage(explicit: str, tracking_uri: str) -> str:
     MLflow store's SQLite file. An MLflow server (http) has no file to sit beside: then it must be given."""
     url = explicit or os.environ.get("REVIEWFLOW_STUDY_STORAGE", "")
     if url:
-        if "://" not in url:
-            raise ReviewflowError(f"--storage {masked(url)}: not a database URL; give e.g. sqlite:///studies.db or "
+        if "://" not in url or _parsed(url) is None:
+            where = "--storage" if explicit else "REVIEWFLOW_STUDY_STORAGE"
+            raise ReviewflowError(f"{where} is not a database URL ({masked(url)}); give e.g. sqlite:///studies.db or "
                                   "postgresql+psycopg2://user:password@host/optuna")
         return url
     if tracking_uri.startswith("sqlite:///"):
@@ -70,7 +102,8 @@ def storage(url: str):
 def quiet_optuna() -> None:
     import optuna
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own lines say what happened, once
+    # our own lines say what happened, once (Optuna's "Trial 8 failed with value nan" would read like a crash)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
 
 
 @dataclass(frozen=True)
@@ -80,13 +113,46 @@ class StudyKey:
     model: str
     objective: str
     data: str  # the data fingerprint
+    fixed: str = "{}"  # JSON: the training settings (and max-length) the search does not range over, as trained
 
     def as_attrs(self) -> dict:
-        return {"key.model": self.model, "key.objective": self.objective, "key.data": self.data}
+        return {"key.model": self.model, "key.objective": self.objective, "key.data": self.data,
+                "key.fixed": self.fixed}
 
 
-def open_study(url: str, name: str, key: StudyKey, direction: str, space_json: str):
-    """Create the study, or load it and check that it searched the same model, objective and data."""
+def _fixed_differences(before: str, now: str) -> list[str]:
+    import json
+
+    old, new = json.loads(before or "{}"), json.loads(now or "{}")
+    return [f"{name}: {old.get(name, 'searched')} in the study, {new.get(name, 'searched')} now"
+            for name in sorted(set(old) | set(new)) if old.get(name, "searched") != new.get(name, "searched")]
+
+
+def _space_conflicts(study, space) -> list[str]:
+    """Settings whose new range Optuna cannot mix with the trials the study has (another list of choices, a log
+    scale switched, a list where there was a range): a trial would fail on its first suggestion."""
+    import optuna
+
+    from steps.training.search_space import distribution
+
+    earlier = {}
+    for trial in study.get_trials(deepcopy=False):
+        for name, dist in trial.distributions.items():
+            earlier.setdefault(name, dist)
+    conflicts = []
+    for d in space:
+        if d.name in earlier:
+            try:
+                optuna.distributions.check_distribution_compatibility(earlier[d.name], distribution(d))
+            except ValueError:
+                conflicts.append(f"{d.name}: now {d.describe().split(': ', 1)[1]}, which its trials' "
+                                 f"{type(earlier[d.name]).__name__} cannot be mixed with")
+    return conflicts
+
+
+def open_study(url: str, name: str, key: StudyKey, direction: str, space_json: str, space=()):
+    """Create the study, or load it and check that it searched the same model, objective, data and fixed settings,
+    and that the new space's ranges can be mixed with its trials' (a narrower range can; other choices cannot)."""
     import optuna
 
     quiet_optuna()
@@ -97,12 +163,18 @@ def open_study(url: str, name: str, key: StudyKey, direction: str, space_json: s
             study.set_user_attr(attr, value)
         return study
     differ = [f"{what}: {attrs.get(attr)} in the study, {value} now" for attr, value in key.as_attrs().items()
-              for what in [attr.split(".", 1)[1]] if attrs.get(attr) != value]
+              for what in [attr.split(".", 1)[1]] if attr != "key.fixed" and attrs.get(attr) != value]
+    differ += _fixed_differences(attrs.get("key.fixed", "{}"), key.fixed)
     if study.direction.name.lower() != direction:
         differ.append(f"direction: {study.direction.name.lower()} in the study, {direction} now")
     if differ:
         raise ReviewflowError(f"--study {name} was searched with other settings ({'; '.join(differ)}): its trials "
                               "would not compare with new ones; give another --study name")
+    conflicts = _space_conflicts(study, space)
+    if conflicts:
+        raise ReviewflowError(f"--study {name}: the space cannot continue it ({'; '.join(conflicts)}); keep each "
+                              "setting's kind, choices and scale (a range may narrow or widen), or give another "
+                              "--study name")
     return study
 
 
@@ -174,36 +246,65 @@ def process_alive(pid: int, started: str | None) -> bool:
     return now is not None and (started is None or now == started)
 
 
+def _sweep_lock(study):
+    """Serializes the sweep among workers of a SQLite study (one machine: SQLite takes no row locks); PostgreSQL
+    locks the trial's row itself (Optuna updates it SELECT ... FOR UPDATE)."""
+    import contextlib
+
+    url = str(getattr(study._storage, "url", ""))
+    if not url.startswith("sqlite:///"):
+        return contextlib.nullcontext()
+    from filelock import FileLock
+
+    return FileLock(url[len("sqlite:///"):] + ".sweep.lock", timeout=120)
+
+
 def fail_dead_trials(study, mlflow_client=None) -> list[int]:
-    """Mark failed the RUNNING trials whose worker ran on this machine and is gone (its recipe is queued again
-    once, as the heartbeat does for workers elsewhere); their MLflow runs too. Returns their numbers."""
+    """Mark failed the RUNNING trials whose worker is gone: on this machine when its pid is gone (at once), elsewhere
+    when its heartbeat is older than the grace period. Each recipe is queued again once; their MLflow runs are
+    marked FAILED. Returns their numbers."""
     import optuna
     from optuna.trial import TrialState
 
     host, failed = socket.gethostname(), []
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        attrs = trial.user_attrs
-        if attrs.get(HOST_ATTR) != host or PID_ATTR not in attrs:
-            continue
-        if process_alive(int(attrs[PID_ATTR]), attrs.get(STARTED_ATTR)):
-            continue
-        try:
-            study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
-        except optuna.exceptions.UpdateFinishedTrialError:
-            continue  # another worker got there first
-        failed.append(trial.number)
-        optuna.storages.RetryFailedTrialCallback(max_retry=1)(study, study._storage.get_trial(trial._trial_id))
-        if mlflow_client is not None and attrs.get(RUN_ATTR):
+    with _sweep_lock(study):
+        running = {t.number: t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+        optuna.storages.fail_stale_trials(study)  # heartbeats (workers elsewhere); queues each recipe once
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            attrs = trial.user_attrs
+            if attrs.get(HOST_ATTR) != host or PID_ATTR not in attrs:
+                continue
+            if process_alive(int(attrs[PID_ATTR]), attrs.get(STARTED_ATTR)):
+                continue
             try:
-                mlflow_client.set_tag(attrs[RUN_ATTR], "trial_state", "failed")
-                mlflow_client.set_tag(attrs[RUN_ATTR], "failed_because", "its worker stopped")
-                mlflow_client.set_terminated(attrs[RUN_ATTR], "FAILED")
+                study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                continue  # another worker got there first
+            optuna.storages.RetryFailedTrialCallback(max_retry=1)(study, study._storage.get_trial(trial._trial_id))
+        now = {t.number: t.state for t in study.get_trials(deepcopy=False)}
+        failed = sorted(n for n in running if now.get(n) == TrialState.FAIL)
+    for number in failed:
+        run_id = running[number].user_attrs.get(RUN_ATTR)
+        if mlflow_client is not None and run_id:
+            try:
+                mlflow_client.set_tag(run_id, "trial_state", "failed")
+                mlflow_client.set_tag(run_id, "outcome", "its worker stopped")
+                mlflow_client.set_terminated(run_id, "FAILED")
             except Exception as err:  # noqa: BLE001 - the study is what counts; the run is a record of it
-                print(f"could not mark the MLflow run of trial {trial.number} FAILED: {err}", flush=True)
+                print(f"could not mark the MLflow run of trial {number} FAILED: {err}", flush=True)
     if failed:
         print(f"trial(s) {', '.join(map(str, failed))}: their worker stopped; marked failed (not counted), each "
               "recipe queued once more", flush=True)
     return failed
+
+
+def running_elsewhere(study) -> list[int]:
+    """RUNNING trials owned by workers on other machines (whose liveness only their heartbeat tells)."""
+    from optuna.trial import TrialState
+
+    host = socket.gethostname()
+    return [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            if t.user_attrs.get(HOST_ATTR) != host]
 
 
 def own(trial) -> None:

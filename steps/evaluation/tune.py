@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass
 
 from steps.evaluation.studies import (
+    HEARTBEAT_SECONDS,
     RUN_ATTR,
     SURPLUS_ATTR,
     counts,
@@ -16,6 +17,7 @@ from steps.evaluation.studies import (
     own,
     progress_line,
     ran,
+    running_elsewhere,
 )
 from steps.runtime.errors import ReviewflowError
 
@@ -102,6 +104,7 @@ class Worker:
 
         own(trial)
         values = self.values(trial)
+        trial.set_user_attr("values", values)  # what it trained with: its command, even from a later run
         shown = ", ".join(f"{d.name} {values[d.name]:.3g}" if isinstance(values[d.name], float)
                           else f"{d.name} {values[d.name]}" for d in self.space)
         self.log(f"trial {trial.number}: {shown}")
@@ -112,12 +115,12 @@ class Worker:
         tokens = self.tokens_for(int(values["max-length"]))
         started = time.perf_counter()
 
-        def report(metrics: dict) -> None:
+        def report(metrics: dict, last: bool) -> None:
             epoch, value = int(metrics["epoch"]), float(metrics[self.figure])
             if record:
                 record.epoch(metrics)
             trial.report(value, epoch)
-            if epoch < config.epochs and trial.should_prune():
+            if not last and trial.should_prune():  # a trial ending anyway (last epoch, early stop) completes
                 raise optuna.TrialPruned(self.pruned_because(trial, epoch, value))
 
         seed_everything(config.seed)
@@ -167,12 +170,19 @@ class Worker:
         while True:
             fail_dead_trials(self.study, self.log_trial.client if self.log_trial else None)
             c = counts(self.study)
-            if c.done + c.running >= self.budget:
-                self.log(f"budget spent: {c.done} trials done and {c.running} running of --trials {self.budget}")
-                break
             if time.time() >= self.deadline:
                 self.log("--timeout reached: no more trials start in this worker")
                 break
+            if c.done + c.running >= self.budget:
+                elsewhere = running_elsewhere(self.study) if c.done < self.budget else []
+                if not elsewhere:  # done, or the last trials run in live workers on this machine
+                    self.log(f"budget spent: {c.done} trials done and {c.running} running of --trials {self.budget}")
+                    break
+                # a worker elsewhere runs them: if it died, its heartbeat goes stale and its trial is given back
+                self.log(f"waiting on trial(s) {', '.join(map(str, elsewhere))} running elsewhere "
+                         f"({c.done}/{self.budget} done)")
+                time.sleep(HEARTBEAT_SECONDS)
+                continue
             if self.failures_in_a_row >= FAILURES_IN_A_ROW:
                 raise RuntimeError(f"{FAILURES_IN_A_ROW} trials in a row failed in this worker, the last with: "
                                    f"{self.last_error}")
@@ -269,12 +279,14 @@ class TrialRun:
 # --- after the search -----------------------------------------------------------------------------------------
 def train_recipe(values: dict, frames: dict, model: str, log=print) -> Kept:
     """Train one recipe as a trial does (same seed), without pruning: for a best trial whose weights were lost."""
+    from steps.training.auto_model import recipe_values
     from steps.training.config import TrainConfig
     from steps.training.device import seed_everything
     from steps.training.loop import train_classifier
     from steps.training.models import load_classifier, load_tokenizer
     from steps.training.tokenize import tokenize_split
 
+    values = recipe_values(model, values)  # epochs 0 (not searched, not given): the model's recipe
     config = TrainConfig.from_values(values)
     tokens = tokenize_split(frames, load_tokenizer(model), int(values["max-length"]), progress_mode="quiet")
     seed_everything(config.seed)

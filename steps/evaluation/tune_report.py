@@ -10,9 +10,11 @@ from steps import settings
 TOP_TRIALS = 10
 
 
-def best_values(trial, held: dict, base: dict) -> dict:
-    """Every setting the best trial trained with, by option name: its sampled values over the fixed ones."""
-    return {**base, **held, **trial.params}
+def best_values(trial, held: dict, base: dict, model: str) -> dict:
+    """Every setting the best trial trained with, by option name: as it recorded them (a trial of an earlier run
+    too), else its sampled values over this run's fixed ones; the model resolved (not `auto`, which could pick
+    another one elsewhere)."""
+    return {**(trial.user_attrs.get("values") or {**base, **held, **trial.params}), "model": model}
 
 
 def review_flow_options(values: dict) -> dict:
@@ -31,6 +33,19 @@ def review_flow_command(values: dict, flow_file: str = "flows/review_flow.py") -
         else:
             options.append(f"--{name} {shlex.quote(str(value))}")
     return " ".join([f"python {flow_file} run", *options])
+
+
+def validation_noise(figure: str, value: float, rows: int) -> str:
+    """How far apart two trials' validation figures must be to be told apart, in words: the half-width of the 95%
+    interval of a share measured on `rows` reviews (F1 and accuracy are shares; a loss is not: '')."""
+    import math
+
+    if figure == "val_loss" or not rows or value is None:
+        return ""
+    half = 1.96 * math.sqrt(max(value * (1 - value), 0.0) / rows) * 100
+    return (f"measured on {rows:,} validation rows, a figure near {value:.2f} has a 95% interval of about "
+            f"±{half:.1f} points: trials closer than that are not told apart, and the best of many is likely to "
+            "score lower on new rows")
 
 
 def trial_rows(study, figure: str) -> list[dict]:

@@ -60,7 +60,7 @@ def train_classifier(
     after_epoch: Callable[[int], None] | None = None,
     before_micro_batch: Callable[[int, int], None] | None = None,
     progress: str | None = None,
-    on_epoch: Callable[[dict], None] | None = None,
+    on_epoch: Callable[[dict, bool], None] | None = None,
 ) -> TrainResult:
     """Fine-tune `model` in place and return what happened; the best epoch's weights are kept.
 
@@ -69,7 +69,8 @@ def train_classifier(
     after_epoch(epoch): after an epoch is finished and checkpointed.
     before_micro_batch(step, rows): before every forward pass (tests inject out-of-memory errors here).
     progress: "bar", "lines" (a line every ~10 s) or "quiet" (the epoch lines only); default: steps/runtime/progress.py.
-    on_epoch(metrics): after each epoch is validated and ranked (a tuner's pruner reads it; raising stops training).
+    on_epoch(metrics, last): after each epoch is validated and ranked; `last`: training ends after it anyway (a
+    tuner's pruner reads it; raising stops training).
     `val_tokens` may be None: then no validation, no early stopping, and the last epoch is kept.
     """
     config.validate()
@@ -324,7 +325,8 @@ class Trainer:
                 state.stopped_early = True
                 self.log(f"early stopping: the {self.selection} has not improved for {state.stale} epoch(s)")
         if self.on_epoch:
-            self.on_epoch(dict(metrics))
+            last = state.stopped_early or state.epoch >= config.epochs or state.steps >= self.total_steps
+            self.on_epoch(dict(metrics), last)
 
     @property
     def selection(self) -> str:

@@ -178,6 +178,17 @@ def load_space(path: str, fixed: dict | None = None) -> tuple:
     return resolve_space(parse_space_text(text, path), path, fixed)
 
 
+def distribution(d):
+    """The Optuna distribution `suggest` samples `d` from."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    if d.choices:
+        return CategoricalDistribution(list(d.choices))
+    if settings.BY_NAME[d.name].type is int:
+        return IntDistribution(int(d.low), int(d.high), log=d.log)
+    return FloatDistribution(d.low, d.high, log=d.log)
+
+
 def suggest(trial, space) -> dict:
     """The trial's value of every searched setting, by option name (Optuna records them under the same names)."""
     values = {}

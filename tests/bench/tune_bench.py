@@ -90,7 +90,8 @@ def seeds_compared(data: str, best_values: dict, seeds: list[int]) -> dict:
     labels = parts.test[LABEL_COLUMN].to_numpy().astype(int)
     out = {}
     for name, values in recipes.items():
-        tokens = tokenize_split(parts.frames(), load_tokenizer(model), int(values["max-length"]), "quiet")
+        with contextlib.redirect_stdout(sys.stderr):  # stdout: only the JSON
+            tokens = tokenize_split(parts.frames(), load_tokenizer(model), int(values["max-length"]), "quiet")
         per_seed = []
         for seed in seeds:
             config = TrainConfig.from_values({**values, "seed": seed})

@@ -10,7 +10,7 @@ from optuna.trial import TrialState
 from infra.local.services import env_file_text
 from steps.evaluation import studies, tune
 from steps.runtime.errors import ReviewflowError
-from steps.training.search_space import resolve_space
+from steps.training.search_space import distribution, resolve_space
 from tests.fixtures import review_frame
 
 KEY = studies.StudyKey("tiny", "val_f1 (maximize)", "sha256:abc")
@@ -32,6 +32,22 @@ def test_the_study_sits_beside_the_mlflow_sqlite_store_unless_told(tmp_path, mon
         studies.study_storage("", "http://127.0.0.1:5000")
     with pytest.raises(ReviewflowError, match="not a database URL"):
         studies.study_storage("studies.db", "sqlite:///x/mlflow.db")
+
+
+@pytest.mark.parametrize("url, shown", [
+    ("postgresql://u@h/db?password=zz", "postgresql://u@h/db?password=%2A%2A%2A"),
+    ("postgresql+psycopg2://u:p@w@h:5432/optuna", "<a value that is not a database URL>"),  # where does it end?
+    ("user:pw@host/db", "<a value that is not a database URL>"),
+])
+def test_a_password_is_never_echoed_whatever_the_url_looks_like(url, shown):
+    assert studies.masked(url) == shown and "zz" not in studies.masked(url)
+
+
+def test_a_password_in_storage_is_refused_before_the_run_is_stored():
+    refused = studies.refuse_password_option(["tune_flow.py", "run", "--storage", "postgresql://u:pw@h/optuna"])
+    assert refused.startswith("--storage holds a password") and "REVIEWFLOW_STUDY_STORAGE" in refused
+    assert studies.refuse_password_option(["tune_flow.py", "run", "--storage=postgresql://u@h/o?password=x"])
+    assert studies.refuse_password_option(["tune_flow.py", "run", "--storage", "sqlite:///s.db"]) is None
 
 
 def test_passwords_are_masked_and_the_services_env_names_the_study_database():
@@ -77,6 +93,22 @@ def test_the_database_that_cannot_be_opened_is_named_without_its_password(tmp_pa
     with pytest.raises(ReviewflowError) as refused:
         studies.storage("postgresql+psycopg2://u:topsecret@127.0.0.1:1/optuna")
     assert "topsecret" not in str(refused.value) and "u:***@" in str(refused.value)
+
+
+def test_a_study_is_continued_only_with_the_same_fixed_settings_and_mixable_ranges(url):
+    space, _ = resolve_space({"batch-size": [8, 16], "learning-rate": {"low": 1e-5, "high": 1e-3}})
+    key = studies.StudyKey("tiny", "val_f1 (maximize)", "sha256:abc", '{"patience": 2, "seed": 1}')
+    study = studies.open_study(url, "fixed", key, "maximize", "{}", space)
+    trial = study.ask({d.name: distribution(d) for d in space})
+    study.tell(trial, 0.8)
+    narrower, _ = resolve_space({"batch-size": [8, 16], "learning-rate": {"low": 2e-5, "high": 1e-4}})
+    assert studies.open_study(url, "fixed", key, "maximize", "{}", narrower)  # a range may narrow
+    with pytest.raises(ReviewflowError, match="seed: 1 in the study, 2 now"):
+        studies.open_study(url, "fixed", studies.StudyKey("tiny", "val_f1 (maximize)", "sha256:abc",
+                                                          '{"patience": 2, "seed": 2}'), "maximize", "{}", space)
+    other, _ = resolve_space({"batch-size": [8, 32]})
+    with pytest.raises(ReviewflowError, match="the space cannot continue it .batch-size: now one of 8, 32"):
+        studies.open_study(url, "fixed", key, "maximize", "{}", other)
 
 
 def dead_pid() -> int:
@@ -145,9 +177,30 @@ def test_one_worker_trains_trials_until_the_budget_prunes_the_losing_ones_and_ke
     assert lines[-1].startswith("budget spent: 5 trials done")
 
 
+def test_scored_by_the_validation_loss_lower_is_better(url, frames, tiny_model_dir):
+    key = studies.StudyKey("tiny", "val_loss (minimize)", "sha256:abc")
+    study = studies.open_study(url, "loss", key, "minimize", "{}")
+    for lr in (1e-2, 1e-2, 1e-2, 1e-2, 1e-7):
+        study.enqueue_trial({"learning-rate": lr, "epochs": 3})
+    study = studies.load_study(url, "loss", seed=0, budget=5)
+    space, held = resolve_space({"learning-rate": {"low": 1e-7, "high": 2e-2}, "epochs": {"low": 1, "high": 3},
+                                 "batch-size": [8], "max-length": [32], "warmup-ratio": 0.0, "weight-decay": 0.0,
+                                 "freeze-encoder": False, "class-weights": "none"})
+    lines = []
+    worker = tune.Worker(study, space, held, {"seed": 1, "patience": 0, "best-epoch-by": "loss"}, frames,
+                         str(tiny_model_dir), budget=5, deadline=float("inf"), figure="val_loss", log=lines.append)
+    worker.run()
+    trials = study.get_trials()
+    assert trials[4].state == TrialState.PRUNED, [t.intermediate_values for t in trials]
+    assert any("val_loss" in line and "is above the median" in line for line in lines)
+    best = studies.best_trial(study)
+    assert best.value == min(t.value for t in trials if t.state == TrialState.COMPLETE)
+    assert worker.kept.trial == best.number and best.user_attrs["values"]["best-epoch-by"] == "loss"
+
+
 def test_a_best_trial_whose_weights_were_lost_is_trained_again_from_its_recipe(url, frames, tiny_model_dir):
     study = studies.open_study(url, "lost", KEY, "maximize", "{}")
-    values = {"learning-rate": 1e-2, "epochs": 2, "batch-size": 8, "max-length": 32, "seed": 1}
+    values = {"learning-rate": 1e-2, "epochs": 0, "batch-size": 8, "max-length": 32, "seed": 1}  # 0: the recipe
     kept, where = tune.weights_of(7, None, study, frames, str(tiny_model_dir), values)
     assert where == "trained again from its recipe" and kept.trial == 7 and kept.max_length == 32
     assert 0 <= kept.value <= 1 and kept.classifier

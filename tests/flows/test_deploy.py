@@ -110,7 +110,7 @@ def tune_template(s3_server, tmp_path_factory):
 
 def test_tune_flow_runs_its_workers_as_parallel_pods_on_one_study(tune_template):
     """--workers K is a foreach: one worker pod per worker, each with a GPU, side by side; the study is in the
-    database they share (REVIEWFLOW_STUDY_STORAGE in their environment), not in a pod."""
+    database they share (REVIEWFLOW_STUDY_STORAGE, from the reviewflow-env secret: see the manifests test)."""
     templates = {t["name"]: t for t in tune_template["spec"]["templates"]}
     assert templates["worker"]["container"]["resources"]["limits"] == {"nvidia.com/gpu": "1"}
     [fan_out] = [task for task in templates["TuneFlow"]["dag"]["tasks"] if task.get("withParam")]
@@ -141,8 +141,18 @@ def test_argo_events_manifests_match_the_metaflow_config():
 def test_k8s_manifests_parse_and_wire_mlflow_to_postgres_and_s3():
     docs = [d for f in ("mlflow.yaml", "secrets.example.yaml") for d in yaml.safe_load_all((K8S / f).read_text())]
     kinds = sorted((d["kind"], d["metadata"]["name"]) for d in docs)
-    assert kinds == [("Deployment", "mlflow"), ("Secret", "mlflow-db"), ("Secret", "reviewflow-env"),
-                     ("Service", "mlflow"), ("Service", "mlflow-db"), ("StatefulSet", "mlflow-db")]
+    assert kinds == [("ConfigMap", "mlflow-db-initdb"), ("Deployment", "mlflow"), ("Secret", "mlflow-db"),
+                     ("Secret", "reviewflow-env"), ("Service", "mlflow"), ("Service", "mlflow-db"),
+                     ("StatefulSet", "mlflow-db")]
+    # TuneFlow's workers (pods) share one study: a database the PostgreSQL creates on its first start
+    (initdb,) = [d for d in docs if d["kind"] == "ConfigMap"]
+    assert initdb["data"]["optuna.sql"] == "CREATE DATABASE optuna;"
+    (database,) = [d for d in docs if d["kind"] == "StatefulSet"]
+    pod = database["spec"]["template"]["spec"]
+    assert {"name": "initdb", "mountPath": "/docker-entrypoint-initdb.d"} in pod["containers"][0]["volumeMounts"]
+    assert pod["volumes"] == [{"name": "initdb", "configMap": {"name": "mlflow-db-initdb"}}]
+    (env,) = [d for d in docs if d["kind"] == "Secret" and d["metadata"]["name"] == "reviewflow-env"]
+    assert env["stringData"]["REVIEWFLOW_STUDY_STORAGE"].endswith("@mlflow-db.reviewflow.svc.cluster.local:5432/optuna")
     (server,) = [d for d in docs if d["kind"] == "Deployment"]
     args = " ".join(server["spec"]["template"]["spec"]["containers"][0]["args"])
     assert "postgresql+psycopg2://" in args and "--artifacts-destination s3://reviewflow-artifacts/mlflow" in args

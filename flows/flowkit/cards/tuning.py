@@ -2,10 +2,12 @@
 optimisation history, parameter importances and the ReviewFlow command that trains the best recipe."""
 from __future__ import annotations
 
+import re
+
 
 def tuning_card(study: str, counts, budget: int, rows: list[dict], figure: str, maximize: bool, space, held: dict,
                 best: dict | None, test: dict | None, history: bytes, importance: bytes | None, importances: dict,
-                why_none: str, command: str | None) -> list:
+                why_none: str, command: str | None, noise: str = "") -> list:
     from metaflow.cards import Image, Markdown, Table
 
     from flowkit.cards import fmt
@@ -26,7 +28,10 @@ def tuning_card(study: str, counts, budget: int, rows: list[dict], figure: str, 
             lines.append(f"On the {test['rows']:,} test rows: accuracy **{test['accuracy']:.4f}**, F1 "
                          f"**{test['f1']:.4f}**, ROC-AUC {fmt(test.get('roc_auc'))}. {interval_line(test) or ''}")
         lines.append(f"Weights: {best['weights']}.")
-        lines.append(f"Train it with ReviewFlow:\n```\n{command}\n```")
+        if noise:
+            lines.append(f"Mind the noise: {noise}.")
+        fence = "`" * max(3, 1 + max((len(run) for run in re.findall("`+", command)), default=0))
+        lines.append(f"Train it with ReviewFlow:\n{fence}\n{command}\n{fence}")  # longer than any ` in it
         parts.append(Markdown("\n\n".join(lines)))
     headers, cells = table(rows, figure, maximize, space)
     parts.append(Markdown(f"## Best trials (of {sum(r['state'] == 'complete' for r in rows)} complete)"))
