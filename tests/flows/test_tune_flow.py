@@ -172,3 +172,17 @@ def test_a_bad_space_file_fails_in_start_naming_the_setting(tiny_model_dir, tmp_
     assert [step.id for step in executing.run] == ["start"]  # nothing ran after it
     assert not (tmp_path / "optuna.db").exists() or not sqlite3.connect(tmp_path / "optuna.db").execute(
         "select name from sqlite_master where name = 'trials'").fetchone()
+
+
+def test_a_password_in_storage_is_refused_before_metaflow_stores_the_run(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.flow_runs import FLOWS, flow_env
+
+    done = subprocess.run([sys.executable, str(FLOWS / "tune_flow.py"), "run", "--storage",
+                           "postgresql+psycopg2://tuner:hunter2@127.0.0.1:5432/optuna"], cwd=tmp_path,
+                          env=flow_env(tmp_path), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stderr.strip().endswith("writes it into services.env)")
+    assert "--storage holds a password" in done.stderr and "hunter2" not in done.stdout + done.stderr
+    assert not (tmp_path / ".metaflow").exists()  # no run, so no parameters stored anywhere
