@@ -17,7 +17,10 @@ from __future__ import annotations
 import time
 
 BATCH_REVIEWS = 8  # reviews per attribution call; each is expanded to n_steps interpolated inputs
-INTERNAL_BATCH = 256  # interpolated inputs per forward/backward pass
+INTERNAL_BATCH = 256  # interpolated inputs per forward/backward pass, at most
+# ... and at most about this many tokens (inputs x padded length): a pass keeps every layer's activations for its
+# backward pass, about 0.2 MB a token for MiniLM-L6 (256 inputs of 128 tokens: 5 GB; 2,048 tokens: 0.5 GB)
+PASS_TOKENS = 2048
 # The evaluate card explains the most confident errors and a seeded sample of correct predictions. Each review costs
 # about as much as training on `n_steps` reviews (a forward and a backward pass per step), so a few of each.
 CONFIDENT_ERRORS = 5
@@ -65,8 +68,9 @@ def explain_texts(model, tokenizer, texts, max_length: int, n_steps: int = 50, b
         mask = encoded["attention_mask"].to(device)
         special = encoded["special_tokens_mask"].to(device).bool() | (mask == 0)
         reference = torch.where(special, ids, torch.full_like(ids, pad_id))
+        per_pass = _internal_batch(len(rows), ids.shape[1])
         attributions, delta = lig.attribute(ids, baselines=reference, additional_forward_args=(mask,),
-                                            n_steps=n_steps, internal_batch_size=INTERNAL_BATCH,
+                                            n_steps=n_steps, internal_batch_size=per_pass,
                                             return_convergence_delta=True)
         with torch.no_grad():
             actual = forward(ids, mask)
@@ -89,6 +93,12 @@ def explain_texts(model, tokenizer, texts, max_length: int, n_steps: int = 50, b
                 "delta": float(delta[j]), "probability_positive": float(torch.sigmoid(actual[j])),
             }
     return out
+
+
+def _internal_batch(reviews: int, length: int) -> int:
+    """Interpolated inputs per forward/backward pass for `reviews` reviews padded to `length` tokens: INTERNAL_BATCH,
+    fewer for long reviews (PASS_TOKENS), never fewer than the reviews (one integration step of each a pass)."""
+    return max(reviews, min(INTERNAL_BATCH, PASS_TOKENS // max(length, 1)))
 
 
 def _words(text: str, word_ids, offsets, scores, is_special) -> list[dict]:

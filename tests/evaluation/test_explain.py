@@ -132,3 +132,19 @@ def test_predict_flow_columns_from_logged_models(tracking_uri, sentiment_model, 
         assert tops[0][0]["token"] == "excellent" and tops[0][0]["score"] > 0, (uri, tops)
         assert tops[1][0]["token"] == "junk" and tops[1][0]["score"] < 0, (uri, tops)
         assert cost["explained"] == 3 and cost["seconds_per_review"] > 0
+
+
+def test_long_reviews_are_explained_in_smaller_passes_with_the_same_attributions(sentiment_model, test_reviews,
+                                                                                 monkeypatch):
+    """A pass keeps every layer's activations for its backward pass: its inputs are capped by their tokens (long
+    reviews, fewer interpolated inputs a pass; never fewer than the reviews), and the sums stay the same."""
+    assert explain._internal_batch(8, 62) == 2048 // 62 and explain._internal_batch(8, 4) == explain.INTERNAL_BATCH
+    assert explain._internal_batch(8, 4096) == 8  # one integration step of each review a pass, at least
+    model, tokenizer = sentiment_model
+    texts = [t for t, _ in test_reviews][:4]
+    whole = explain.explain_texts(model, tokenizer, texts, 32, n_steps=20, batch_size=4)
+    monkeypatch.setattr(explain, "PASS_TOKENS", 40)  # passes of a few inputs each
+    split = explain.explain_texts(model, tokenizer, texts, 32, n_steps=20, batch_size=4)
+    for a, b in zip(whole, split):
+        np.testing.assert_allclose([w["score"] for w in a["words"]], [w["score"] for w in b["words"]], atol=1e-5)
+        assert a["delta"] == pytest.approx(b["delta"], abs=1e-5)
