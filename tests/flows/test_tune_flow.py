@@ -138,7 +138,8 @@ def test_a_killed_worker_fails_its_trial_and_resume_finishes_the_study(tiny_mode
     assert len(retried) == 1 and retried[0].params == study.trials[2].params  # its recipe, queued again
     for number, params in finished_before.items():  # nothing finished was run again
         assert study.trials[number].params == params
-    assert "marked failed (not counted)" in killed.stdout + resumed.stdout
+    if before.trials[2].state == TrialState.RUNNING:  # else the other worker failed it as Metaflow stopped it, and
+        assert "marked failed (not counted)" in resumed.stdout  # its last lines may not have reached the log
     client = store_client(f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("reviewflow").experiment_id
     (killed,) = client.search_runs([experiment], "tags.trial = '2' AND tags.study = 'killed'")
