@@ -67,14 +67,10 @@ class CompareFlow(FlowSpec):
 
     @step
     def ingest(self):
-        from steps.data.ingest import ingest_reviews
-        from steps.data.mapping import IngestOptions
+        from flowkit.data_steps import ingest_step
         from steps.evaluation.compare import load_extra
 
-        with step_run(self, "ingest") as run:
-            options = IngestOptions.from_parameters(self.text_column, self.label_column, self.positive_values,
-                                                    self.negative_values, self.positive_if, self.encoding)
-            result = ingest_reviews(run, self.mlflow_run_id, self.data, self.max_rows, self.seed, options)
+        result = ingest_step(self)
         self.reviews, self.review_origin, self.ingest_rejects = result.frame, result.origin, result.rejected
         self.fingerprint = result.fingerprint
         self.extra_sets = load_extra(self.extra_data, self.seed)
@@ -82,14 +78,10 @@ class CompareFlow(FlowSpec):
 
     @step
     def validate(self):
-        from steps.data.validate import log_validation, require_valid, validate_reviews
+        from flowkit.data_steps import validate_step
 
-        with step_run(self, "validate") as run:
-            report = validate_reviews(self.reviews, self.max_bad_fraction, self.review_origin, self.ingest_rejects)
-            log_validation(run, report)
-            require_valid(report, self.data)
+        report = validate_step(self)
         self.clean, self.validation = report.clean, report.metrics()
-        print(f"Validation passed: {len(self.clean)} clean rows, {report.quarantined} quarantined.")
         self.next(self.split)
 
     @step

@@ -5,6 +5,8 @@
     packaging.py           steps/ and schemas/ in the code package that remote tasks run
     step_runs.py           one MLflow run per step, retries that cannot help, resume hints, fault points
     checkpoints.py         where a training task keeps its epoch checkpoints
+    data_steps.py          ingest and validate as ReviewFlow's, for CompareFlow and TuneFlow
+    events.py              Argo events, and ReviewFlow run from another flow (Runner)
     metaflow_internals.py  the calls into Metaflow that have no public equivalent (tested by name)
     cards/                 the cards people look at
 
