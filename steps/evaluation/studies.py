@@ -48,6 +48,15 @@ def masked(url: str) -> str:
     return parsed.set(query=query).render_as_string(hide_password=True)
 
 
+def scrubbed(text: str, url: str) -> str:
+    """`text` (e.g. a driver's error) with the URL's password, and the URL itself, replaced by their masked forms."""
+    parsed = _parsed(url)
+    text = text.replace(url, masked(url))
+    if parsed is not None and parsed.password:
+        text = text.replace(str(parsed.password), "***")
+    return text
+
+
 def has_password(url: str) -> bool:
     parsed = _parsed(url)
     return parsed is not None and (parsed.password is not None or any("pass" in k.lower() for k in parsed.query))
@@ -93,10 +102,10 @@ def storage(url: str):
     try:
         return optuna.storages.RDBStorage(
             url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS,
-            failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=1))
+            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1))
     except Exception as err:  # noqa: BLE001 - SQLAlchemy's errors vary by driver; the URL is what to fix
         raise ReviewflowError(f"the study database {masked(url)} cannot be opened: "
-                              f"{masked(str(err).splitlines()[0])}") from None
+                              f"{scrubbed(str(err).splitlines()[0], url)}") from None
 
 
 def quiet_optuna() -> None:
@@ -280,7 +289,8 @@ def fail_dead_trials(study, mlflow_client=None) -> list[int]:
                 study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
             except optuna.exceptions.UpdateFinishedTrialError:
                 continue  # another worker got there first
-            optuna.storages.RetryFailedTrialCallback(max_retry=1)(study, study._storage.get_trial(trial._trial_id))
+            retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)  # as the heartbeat's sweep does
+            retry(study, study._storage.get_trial(trial._trial_id))
         now = {t.number: t.state for t in study.get_trials(deepcopy=False)}
         failed = sorted(n for n in running if now.get(n) == TrialState.FAIL)
     for number in failed:

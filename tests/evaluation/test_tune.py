@@ -93,6 +93,7 @@ def test_the_database_that_cannot_be_opened_is_named_without_its_password(tmp_pa
     with pytest.raises(ReviewflowError) as refused:
         studies.storage("postgresql+psycopg2://u:topsecret@127.0.0.1:1/optuna")
     assert "topsecret" not in str(refused.value) and "u:***@" in str(refused.value)
+    assert "not a database URL" not in str(refused.value)  # the driver's own words stay, less the password
 
 
 def test_a_study_is_continued_only_with_the_same_fixed_settings_and_mixable_ranges(url):
