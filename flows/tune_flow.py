@@ -181,6 +181,7 @@ class TuneFlow(FlowSpec):
         """The end step's work: the best trial tested once, the card, MLflow, and --train-best."""
         from flowkit.cards.tuning import tuning_card
         from steps.evaluation import studies, tune, tune_report
+        from steps.evaluation.compare import review_flow_command_for
         from steps.evaluation.metrics import interval_line
         from steps.runtime import tracking
 
@@ -200,7 +201,7 @@ class TuneFlow(FlowSpec):
                                           find=kept_by_task)
             print(f"The best trial, {best.number}: weights {where}; scoring the test rows once.", flush=True)
             self.test_metrics = tune_report.score_on_test(kept.classifier, self.split_data.test, kept.max_length)
-            self.train_command = tune_report.review_flow_command(values)
+            self.train_command = review_flow_command_for(values)
             self.best = {"trial": best.number, "value": best.value, "params": dict(best.params), "values": values,
                          "weights": where}
             run.metrics({f"best_{self.figure}": best.value, "best_trial": best.number,
@@ -264,7 +265,7 @@ def train_best(values: dict, study: str) -> str:
     """Run ReviewFlow with the best recipe, tagged with the study; its output is shown here. A failure raises."""
     from flowkit.events import run_review_flow
     from steps import settings as catalog
-    from steps.evaluation.tune_report import review_flow_options
+    from steps.evaluation.compare import review_flow_options
     from steps.runtime.errors import ReviewflowError
 
     params = {catalog.BY_NAME[name].attr: value for name, value in review_flow_options(values).items()}

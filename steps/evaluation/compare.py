@@ -313,19 +313,28 @@ def ranked(rows: list[dict]) -> list[dict]:
                                        r.get("latency_ms_batch1", float("inf"))))
 
 
-def review_flow_command(row: dict, base: dict, flow_file: str = "flows/review_flow.py") -> str:
-    """The ReviewFlow command that trains the candidate of `row` on the same data with the same settings: the
-    options whose value differs from ReviewFlow's default (data options, training settings, overrides)."""
+def review_flow_options(values: dict) -> dict:
+    """ReviewFlow's data, model and training options (by option name) whose value in `values` differs from
+    ReviewFlow's default."""
+    return {s.name: values[s.name] for s in settings.select("data", "model", "training")
+            if s.name in values and values[s.name] != s.default}
+
+
+def review_flow_command_for(values: dict, flow_file: str = "flows/review_flow.py") -> str:
+    """`python flows/review_flow.py run ...` with review_flow_options(values): flags bare, values quoted."""
     import shlex
 
-    values = {**base, **parse_candidates(row["candidate"])[0].overrides, "model": row["model"]}
-    options = []
-    for setting in settings.select("data", "model", "training"):
-        value = values.get(setting.name, setting.default)
-        if value == setting.default:
-            continue  # the model always differs: the default, auto, may train another one on another machine
-        options.append(f"--{setting.name}" if setting.is_flag else f"--{setting.name} {shlex.quote(str(value))}")
+    options = [f"--{name}" if settings.BY_NAME[name].is_flag else f"--{name} {shlex.quote(str(value))}"
+               for name, value in review_flow_options(values).items()]
     return " ".join([f"python {flow_file} run", *options])
+
+
+def review_flow_command(row: dict, base: dict, flow_file: str = "flows/review_flow.py") -> str:
+    """The ReviewFlow command that trains the candidate of `row` on the same data with the same settings: the
+    options whose value differs from ReviewFlow's default (data options, training settings, overrides; the model
+    always differs: the default, auto, may train another one on another machine)."""
+    return review_flow_command_for({**base, **parse_candidates(row["candidate"])[0].overrides, "model": row["model"]},
+                                   flow_file)
 
 
 def _cell(row: dict, name: str, digits: int) -> str:

@@ -3,36 +3,14 @@ history, parameter importances (Optuna's fANOVA evaluator), the best recipe scor
 ReviewFlow command that trains it."""
 from __future__ import annotations
 
-import shlex
-
-from steps import settings
-
 TOP_TRIALS = 10
 
 
 def best_values(trial, held: dict, base: dict, model: str) -> dict:
     """Every setting the best trial trained with, by option name: as it recorded them (a trial of an earlier run
     too), else its sampled values over this run's fixed ones; the model resolved (not `auto`, which could pick
-    another one elsewhere)."""
+    another one elsewhere; so steps.evaluation.compare.review_flow_options always names it)."""
     return {**(trial.user_attrs.get("values") or {**base, **held, **trial.params}), "model": model}
-
-
-def review_flow_options(values: dict) -> dict:
-    """ReviewFlow's data, model and training options (by option name) whose value differs from its default, and
-    the model always (auto could pick another one on another machine)."""
-    return {s.name: values[s.name] for s in settings.select("data", "model", "training")
-            if s.name in values and (values[s.name] != s.default or s.name == "model")}
-
-
-def review_flow_command(values: dict, flow_file: str = "flows/review_flow.py") -> str:
-    """`python flows/review_flow.py run ...` with review_flow_options(values)."""
-    options = []
-    for name, value in review_flow_options(values).items():
-        if settings.BY_NAME[name].is_flag:
-            options += [f"--{name}"] if value else []
-        else:
-            options.append(f"--{name} {shlex.quote(str(value))}")
-    return " ".join([f"python {flow_file} run", *options])
 
 
 def validation_noise(figure: str, value: float, rows: int) -> str:

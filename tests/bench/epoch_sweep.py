@@ -52,6 +52,21 @@ def kept(history: list[dict], rule: str) -> int:
     return min(history, key=lambda h: epoch_score(h, rule))["epoch"]
 
 
+def default_split(data: str):
+    """The default run's split of `data`: read, validated (quarantine applied) and split as ReviewFlow does with
+    its default seed, whatever the training seed. Its lines go to stderr (stdout: only JSON)."""
+    from steps import settings
+    from steps.data.ingest import load_reviews
+    from steps.data.split import split_reviews
+    from steps.data.validate import validate_reviews
+
+    with contextlib.redirect_stdout(sys.stderr):
+        ingested = load_reviews(data, seed=SPLIT_SEED)
+        clean = validate_reviews(ingested.frame, settings.default("max-bad-fraction"), ingested.origin,
+                                 ingested.rejected).clean
+        return split_reviews(clean, seed=SPLIT_SEED)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="sample:amazon")
@@ -62,9 +77,6 @@ def main() -> None:
 
     from schemas import LABEL_COLUMN
     from steps import settings
-    from steps.data.ingest import load_reviews
-    from steps.data.split import split_reviews
-    from steps.data.validate import validate_reviews
     from steps.evaluation.evaluate import predict_proba
     from steps.evaluation.metrics import classification_metrics
     from steps.training.config import TrainConfig
@@ -74,12 +86,8 @@ def main() -> None:
     from steps.training.tokenize import tokenize_split
 
     model_name, max_length = settings.default("model"), settings.default("max-length")
-    with contextlib.redirect_stdout(sys.stderr):  # fetch, validation and tokenize lines; stdout: only JSON lines
-        ingested = load_reviews(args.data, seed=SPLIT_SEED)
-        # the rows the validate step keeps (quarantine applied), split as ReviewFlow splits them
-        clean = validate_reviews(ingested.frame, settings.default("max-bad-fraction"), ingested.origin,
-                                 ingested.rejected).clean
-        parts = split_reviews(clean, seed=SPLIT_SEED)
+    parts = default_split(args.data)
+    with contextlib.redirect_stdout(sys.stderr):  # tokenize lines; stdout: only JSON lines
         tokens = tokenize_split(parts.frames(), load_tokenizer(model_name), max_length, "quiet")
     test_labels = parts.test[LABEL_COLUMN].to_numpy().astype(int)
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -29,14 +28,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-SPLIT_SEED = 42  # ReviewFlow's default --seed: the split both recipes are scored on
-
-
-def bench_env(workdir: Path) -> dict:
-    uri = f"sqlite:///{workdir / 'mlflow.db'}"
-    return {**os.environ, "USERNAME": os.environ.get("USERNAME", "bench"), "MLFLOW_DISABLE_TELEMETRY": "true",
-            "METAFLOW_DATASTORE_SYSROOT_LOCAL": str(workdir), "MLFLOW_TRACKING_URI": uri, "MLFLOW_REGISTRY_URI": uri,
-            "REVIEWFLOW_PROGRESS": "lines"}
+from tests.bench.epoch_sweep import default_split  # noqa: E402
+from tests.bench.scale_bench import bench_env, client_json  # noqa: E402
 
 
 def run_tune_flow(workdir: Path, args) -> dict:
@@ -57,18 +50,13 @@ def finished_run(workdir: Path) -> dict:
             "'test_metrics': {k: v for k, v in (d.test_metrics or {}).items() if k in ('accuracy', 'f1', 'rows')}, "
             "'trials': {s: sum(x['state'] == s for x in rows) for s in ('complete', 'pruned', 'fail')}, "
             "'trial_seconds': [x['seconds'] for x in rows], 'importances': d.importances}, default=str))")
-    out = subprocess.run([sys.executable, "-c", code], cwd=workdir, env=bench_env(workdir), capture_output=True,
-                         text=True, check=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+    return client_json(code, workdir, bench_env(workdir))
 
 
 def seeds_compared(data: str, best_values: dict, seeds: list[int]) -> dict:
     """{recipe: {per_seed, accuracy_mean, accuracy_std, f1_mean, f1_std}} for the default and the best recipe."""
     from schemas import LABEL_COLUMN
     from steps import settings
-    from steps.data.ingest import load_reviews
-    from steps.data.split import split_reviews
-    from steps.data.validate import validate_reviews
     from steps.evaluation.evaluate import predict_proba
     from steps.evaluation.metrics import classification_metrics
     from steps.training.auto_model import choose_model, recipe_values
@@ -82,11 +70,7 @@ def seeds_compared(data: str, best_values: dict, seeds: list[int]) -> dict:
     defaults = {s.name: s.default for s in settings.select("training", "max-length")}
     recipes = {"default": recipe_values(model, dict(defaults)),
                "best": recipe_values(model, {**defaults, **{k: v for k, v in best_values.items() if k in defaults}})}
-    with contextlib.redirect_stdout(sys.stderr):
-        ingested = load_reviews(data, seed=SPLIT_SEED)
-        clean = validate_reviews(ingested.frame, settings.default("max-bad-fraction"), ingested.origin,
-                                 ingested.rejected).clean
-        parts = split_reviews(clean, seed=SPLIT_SEED)
+    parts = default_split(data)  # the split both recipes are scored on
     labels = parts.test[LABEL_COLUMN].to_numpy().astype(int)
     out = {}
     for name, values in recipes.items():
