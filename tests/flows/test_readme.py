@@ -1,7 +1,7 @@
-"""The README's option tables are the flows' real options: for each flow, the options in the tables of its README
-section are exactly those `run --help` shows (Metaflow's own run options aside), and ReviewFlow's defaults are the
-ones declared in steps/settings.py. A row may name several options that share a meaning (CompareFlow's "as in
-ReviewFlow" rows): `--data`, `--max-rows`, ..."""
+"""The option tables of docs/flows.md (where the README sends a newcomer for options) are the flows' real options:
+for each flow, the options in the tables of its section are exactly those `run --help` shows (Metaflow's own run
+options aside), and ReviewFlow's defaults are the ones declared in steps/settings.py. A row may name several
+options that share a meaning (CompareFlow's "as in ReviewFlow" rows): `--data`, `--max-rows`, ..."""
 import os
 import re
 import subprocess
@@ -17,6 +17,7 @@ HELP_OPTION = re.compile(r"^  (--[a-z0-9][a-z0-9-]*)")  # an option's own line i
 TABLE_OPTION = re.compile(r"^\|\s*`(--[a-z0-9][a-z0-9-]*)`(?:,\s*`--[a-z0-9][a-z0-9-]*`)*\s*\|")  # option(s) first
 CELL_OPTION = re.compile(r"`(--[a-z0-9][a-z0-9-]*)`")
 HEADING = re.compile(r"^(#+)\s+(.*)$")
+OPTION_TABLES = ROOT / "docs" / "flows.md"  # every flow's options, one section per flow
 
 # A flow with no Parameters: what its `run --help` lists is what Metaflow adds to every flow.
 BARE_FLOW = '''from metaflow import FlowSpec, step
@@ -63,9 +64,9 @@ def declared_options(tmp_path_factory) -> dict[str, set[str]]:
 
 
 def readme_section(flow: str) -> list[str]:
-    """The README lines under the heading that starts with the flow's name, up to the next heading of its level
-    or above (subheadings stay in the section)."""
-    lines = (ROOT / "README.md").read_text().splitlines()
+    """The lines of docs/flows.md under the heading that starts with the flow's name, up to the next heading of its
+    level or above (subheadings stay in the section)."""
+    lines = OPTION_TABLES.read_text().splitlines()
     start = level = None
     for i, line in enumerate(lines):
         heading = HEADING.match(line)
@@ -75,18 +76,18 @@ def readme_section(flow: str) -> list[str]:
             start, level = i + 1, len(heading.group(1))
         elif start is not None and len(heading.group(1)) <= level:
             return lines[start:i]
-    assert start is not None, f"README.md has no heading that starts with {flow}"
+    assert start is not None, f"docs/flows.md has no heading that starts with {flow}"
     return lines[start:]
 
 
 def table_rows(flow: str) -> dict[str, list[str]]:
-    """{option: its row's cells} for every table row in the flow's README section whose first cell is an option."""
+    """{option: its row's cells} for every table row in the flow's section whose first cell is an option."""
     rows = {}
     for line in readme_section(flow):
         if TABLE_OPTION.match(line):
             cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
             for option in CELL_OPTION.findall(cells[0]):
-                assert option not in rows, f"README.md lists {option} twice under {flow}"
+                assert option not in rows, f"docs/flows.md lists {option} twice under {flow}"
                 rows[option] = cells
     return rows
 
@@ -96,12 +97,12 @@ def test_readme_tables_list_exactly_the_options_of_each_flow(flow, declared_opti
     documented, actual = set(table_rows(flow)), declared_options[flow]
     missing, extra = sorted(actual - documented), sorted(documented - actual)
     assert not missing and not extra, (
-        f"README.md's tables under {flow} do not match `python flows/{FLOWS[flow]} run --help`: "
-        f"missing from the README {missing}; in the README but not an option {extra}")
+        f"docs/flows.md's tables under {flow} do not match `python flows/{FLOWS[flow]} run --help`: "
+        f"missing from the tables {missing}; in the tables but not an option {extra}")
 
 
 def readme_default(cell: str) -> str:
-    """The default as the README writes it: the first `code` span of the cell; `off` for a flag, `""` for empty."""
+    """The default as the tables write it: the first `code` span of the cell; `off` for a flag, `""` for empty."""
     code = re.search(r"`([^`]*)`", cell)
     value = code.group(1) if code else cell.strip()
     return {"off": "False", "on": "True", '""': ""}.get(value, value)
@@ -129,5 +130,5 @@ def test_readme_review_flow_defaults_are_the_declared_ones():
             continue  # reported by the test above
         written = readme_default(rows[option][1])
         if not same_value(written, setting.default):
-            wrong.append(f"{option}: README says {written!r}, steps/settings.py declares {setting.default!r}")
-    assert not wrong, "README.md's ReviewFlow defaults differ from steps/settings.py:\n" + "\n".join(wrong)
+            wrong.append(f"{option}: docs/flows.md says {written!r}, steps/settings.py declares {setting.default!r}")
+    assert not wrong, "docs/flows.md's ReviewFlow defaults differ from steps/settings.py:\n" + "\n".join(wrong)
