@@ -3,7 +3,8 @@ layer, batched; and exact per-feature contributions for the linear TF-IDF baseli
 
 For a review x the explained output is the logit difference f(x) = logit(positive) - logit(negative): a positive
 score pushes toward "positive", a negative one toward "negative". The reference input x' keeps the special tokens
-([CLS], [SEP]) and the attention mask and replaces every other token by the padding token. Integrated Gradients
+([CLS], [SEP]), the attention mask and the review's token positions, and replaces every other token by the
+padding token. Integrated Gradients
 integrates the gradient of f along the straight line from x' to x in embedding space (`n_steps` points,
 Gauss-Legendre); the attributions of a review's tokens then sum to f(x) - f(x'), up to the convergence delta
 that is reported with every explanation (smaller with more steps). Word scores are the sums of their word-piece
@@ -28,11 +29,38 @@ CORRECT_SAMPLE = 3
 
 
 def _logit_difference(model):
-    def forward(input_ids, attention_mask):
-        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits.float()
+    def forward(input_ids, attention_mask, position_ids=None):
+        extra = {} if position_ids is None else {"position_ids": position_ids}
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, **extra).logits.float()
         return logits[:, 1] - logits[:, 0]
 
     return forward
+
+
+def _positions_used(model, ids, mask):
+    """The position ids the model gives the review itself, to be given to every input on the integration path and
+    to the reference: None where they cannot depend on the tokens. RoBERTa-style encoders (MPNet, RoBERTa,
+    XLM-R) number positions by counting non-padding tokens, so a reference of padding tokens would otherwise be
+    scored with every word at the padding position: the path would not start at the reference, and the
+    attributions would not add up to f(x) - f(x') (MPNet's convergence delta was 8 with any number of steps)."""
+    import inspect
+
+    import torch
+
+    embeddings = getattr(getattr(model, "base_model", model), "embeddings", None)
+    table = getattr(embeddings, "position_embeddings", None)
+    if not isinstance(table, torch.nn.Embedding) or "position_ids" not in inspect.signature(model.forward).parameters:
+        return None
+    seen = []
+    handle = table.register_forward_pre_hook(lambda _module, args: seen.append(args[0].detach()))
+    try:
+        with torch.no_grad():
+            model(input_ids=ids, attention_mask=mask)
+    finally:
+        handle.remove()
+    if not seen:
+        return None
+    return seen[0].expand(ids.shape[0], -1).clone()
 
 
 def explain_texts(model, tokenizer, texts, max_length: int, n_steps: int = 50, batch_size: int = BATCH_REVIEWS,
@@ -68,13 +96,15 @@ def explain_texts(model, tokenizer, texts, max_length: int, n_steps: int = 50, b
         mask = encoded["attention_mask"].to(device)
         special = encoded["special_tokens_mask"].to(device).bool() | (mask == 0)
         reference = torch.where(special, ids, torch.full_like(ids, pad_id))
+        positions = _positions_used(model, ids, mask)
+        extra = (mask,) if positions is None else (mask, positions)
         per_pass = _internal_batch(len(rows), ids.shape[1])
-        attributions, delta = lig.attribute(ids, baselines=reference, additional_forward_args=(mask,),
+        attributions, delta = lig.attribute(ids, baselines=reference, additional_forward_args=extra,
                                             n_steps=n_steps, internal_batch_size=per_pass,
                                             return_convergence_delta=True)
         with torch.no_grad():
-            actual = forward(ids, mask)
-            at_reference = forward(reference, mask)
+            actual = forward(ids, *extra)
+            at_reference = forward(reference, *extra)
         scores = attributions.sum(dim=-1).detach().float().cpu().numpy()
         for j, row in enumerate(rows):
             length = int(mask[j].sum())
@@ -184,7 +214,8 @@ def explain_test_reviews(run, classifier, test_rows, probabilities, confident_er
                         "predicted": int(probabilities[row] >= 0.5),
                         "probability_positive": round(float(probabilities[row]), 4), **explanation})
     result = {"method": "Layer Integrated Gradients (captum) over the input embeddings; output logit(positive) "
-                        "- logit(negative); reference: special tokens kept, others replaced by padding",
+                        "- logit(negative); reference: special tokens, mask and positions kept, others replaced by "
+                        "padding",
               "n_steps": n_steps, "reviews": reviews,
               "seconds_per_review": round(seconds / len(reviews), 4) if reviews else 0.0,
               "max_abs_delta": max((abs(r["delta"]) for r in reviews), default=0.0)}
