@@ -89,6 +89,43 @@ def forget_user_error(argv: list[str] | None = None) -> None:
         Path(folder, task_of(argv or sys.argv)).unlink(missing_ok=True)
 
 
+USER_ERRORS_PREFIX = "reviewflow-user-errors-"  # + the launching process's pid + "-" + a random suffix
+
+
+def sweep_user_error_folders(parent: str | None = None) -> list[str]:
+    """Remove the user-error folders of launching processes that no longer exist (a run killed with SIGKILL, or a
+    machine that went down, cannot remove its own); the paths removed. A folder whose pid is alive, or belongs to
+    another user, is left alone."""
+    import re
+    import shutil
+    import tempfile
+
+    parent = parent or tempfile.gettempdir()
+    removed = []
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return removed
+    for name in names:
+        match = re.fullmatch(re.escape(USER_ERRORS_PREFIX) + r"(\d+)-\w+", name)
+        if not match or _alive(int(match.group(1))):
+            continue
+        shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+        if not os.path.exists(os.path.join(parent, name)):
+            removed.append(os.path.join(parent, name))
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # someone else's process: alive
+        return True
+    return True
+
+
 def recorded_user_errors(folder: str) -> list[str]:
     """The messages of the tasks whose last attempt stopped on a user's mistake, oldest first, each once, without
     a retried attempt's "not run again" note."""
@@ -131,7 +168,8 @@ def main(flow_class, run_defaults: dict | None = None, refuse=None) -> None:
         flow_class()
         return
     print_user_errors_plainly(flow_class)  # an error in this process is printed last by Metaflow itself
-    path = tempfile.mkdtemp(prefix="reviewflow-user-errors-")
+    sweep_user_error_folders()
+    path = tempfile.mkdtemp(prefix=f"{USER_ERRORS_PREFIX}{os.getpid()}-")
     os.environ[USER_ERRORS] = path  # a run launched from inside a step gets its own folder
     try:
         flow_class()

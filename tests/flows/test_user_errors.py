@@ -1,5 +1,6 @@
 """A user's mistake ends a run with its message as the last line, no traceback and no "Internal error", and a
 non-zero exit; a real bug keeps its traceback. Real runs of `python flows/review_flow.py run` (flowkit/launch.py)."""
+import os
 import subprocess
 import sys
 
@@ -68,3 +69,20 @@ def test_recorded_messages_come_back_once_each_without_the_retry_note(tmp_path, 
     assert recorded_user_errors(str(tmp_path)) == ["--data x: no such file"]
     assert task_of(ingest) == "7-ingest-2"
     assert recorded_user_errors(str(tmp_path / "none")) == []
+
+
+def test_folders_of_launchers_that_died_are_swept(tmp_path):
+    """A run SIGKILLed (or a machine that went down) cannot remove its user-error folder; the next launch removes
+    the folders whose launching process is gone, and leaves those of live processes and anything else."""
+    from flowkit.launch import USER_ERRORS_PREFIX, sweep_user_error_folders
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    dead = tmp_path / f"{USER_ERRORS_PREFIX}{gone.pid}-ab_12x"
+    alive = tmp_path / f"{USER_ERRORS_PREFIX}{os.getpid()}-cd34yz"
+    other = tmp_path / f"{USER_ERRORS_PREFIX}notapid"
+    for folder in (dead, alive, other):
+        folder.mkdir()
+    (dead / "7-ingest-2").write_text("--data x: no such file")
+    assert sweep_user_error_folders(str(tmp_path)) == [str(dead)]
+    assert not dead.exists() and alive.exists() and other.exists()
