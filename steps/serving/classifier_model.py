@@ -33,6 +33,9 @@ OUTPUTS = ("label", "probabilities")
 
 # A bucket of texts of similar length ends where padding would exceed this share of its real tokens.
 MAX_PADDING = 0.25
+# Texts tokenized and bucketed together, at most: bounds the memory of scoring a large request (the evaluate step's
+# 200,000 test rows at a million reviews) and still sorts enough texts that buckets barely pad.
+CHUNK_TEXTS = 8192
 
 
 def buckets(lengths, batch_size: int) -> list:
@@ -96,17 +99,19 @@ class Scorer:
     def probabilities(self, texts: list[str]):
         """The positive class's probability of each text, in the caller's order. The texts are tokenized once,
         sorted by length and scored in buckets of similar length (`buckets`), so a request of many reviews is not
-        padded to its longest one."""
+        padded to its longest one; a request of more than `CHUNK_TEXTS` texts, a chunk of them at a time, so the
+        tokenizer's output stays small (200,000 texts at once held about a gigabyte)."""
         import numpy as np
 
+        texts = texts if isinstance(texts, list) else list(texts)
         probs = np.zeros(len(texts), dtype=np.float64)
-        if not len(texts):
-            return probs
-        ids = self.tokenizer(list(texts), truncation=True, max_length=self.max_length, padding=False,
-                             return_token_type_ids=False, return_attention_mask=False)["input_ids"]
-        lengths = np.fromiter((len(row) for row in ids), dtype=np.int64, count=len(ids))
-        for rows in buckets(lengths, self.batch_size):
-            probs[rows] = self._positive(self._padded([ids[i] for i in rows], int(lengths[rows].max())))
+        for start in range(0, len(texts), CHUNK_TEXTS):
+            chunk = texts[start:start + CHUNK_TEXTS]
+            ids = self.tokenizer(chunk, truncation=True, max_length=self.max_length, padding=False,
+                                 return_token_type_ids=False, return_attention_mask=False)["input_ids"]
+            lengths = np.fromiter((len(row) for row in ids), dtype=np.int64, count=len(ids))
+            for rows in buckets(lengths, self.batch_size):
+                probs[start + rows] = self._positive(self._padded([ids[i] for i in rows], int(lengths[rows].max())))
         return probs
 
     def _padded(self, rows: list[list[int]], width: int) -> dict:

@@ -229,6 +229,24 @@ def test_a_request_scored_in_buckets_answers_in_the_callers_order_as_each_text_a
     assert scorer.probabilities([]).shape == (0,)
 
 
+def test_a_large_request_is_tokenized_a_chunk_at_a_time_in_the_callers_order(classifier, monkeypatch):
+    """The tokenizer's output for a whole large request (the evaluate step's 200,000 test rows) held about a
+    gigabyte: a request is tokenized and bucketed CHUNK_TEXTS texts at a time, and answers as before."""
+    from steps.serving import classifier_model
+    from steps.serving.classifier_model import Scorer
+
+    model, _ = classifier
+    texts = review_frame(45, seed=4)[TEXT_COLUMN].tolist() + ["ok", ""]
+    scorer = Scorer(model, "torch", None, 32, 8)
+    whole = scorer.probabilities(texts)
+    calls, tokenize = [], scorer.tokenizer
+    scorer.tokenizer = lambda batch, **kwargs: calls.append(len(batch)) or tokenize(batch, **kwargs)
+    monkeypatch.setattr(classifier_model, "CHUNK_TEXTS", 10)
+    chunked = scorer.probabilities(tuple(texts))
+    assert calls == [10, 10, 10, 10, 7]
+    assert np.allclose(chunked, whole, atol=1e-5)
+
+
 def test_the_served_backends_scores_are_what_the_logged_model_predicts(trained, tracking_uri):
     """build_served_model scores the test rows once per backend and hands back the served backend's scores as the
     evaluation's; loading the logged model as anyone does and scoring the same rows gives the same numbers, row
