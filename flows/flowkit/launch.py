@@ -90,12 +90,25 @@ def forget_user_error(argv: list[str] | None = None) -> None:
 
 
 USER_ERRORS_PREFIX = "reviewflow-user-errors-"  # + the launching process's pid + "-" + a random suffix
+HELD = ".held"  # a file in the folder that its launching process keeps locked while it lives
+
+
+def hold_user_error_folder(folder: str):
+    """Lock `folder`'s HELD file for as long as the returned file stays open (the launching process's lifetime:
+    the kernel drops the lock when the process dies, however it dies, in whatever pid namespace)."""
+    import fcntl
+
+    handle = open(os.path.join(folder, HELD), "w")  # noqa: SIM115 -- held open: closing it drops the lock
+    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    return handle
 
 
 def sweep_user_error_folders(parent: str | None = None) -> list[str]:
-    """Remove the user-error folders of launching processes that no longer exist (a run killed with SIGKILL, or a
-    machine that went down, cannot remove its own); the paths removed. A folder whose pid is alive, or belongs to
-    another user, is left alone."""
+    """Remove the user-error folders that their launching process left behind (a run killed with SIGKILL, or a
+    machine that went down, cannot remove its own); the paths removed. Left alone: another user's folders, a
+    folder whose launching pid is alive, one whose HELD file is locked (its process lives, seen from another pid
+    namespace sharing this temp directory), and names of another form."""
+    import fcntl
     import re
     import shutil
     import tempfile
@@ -107,12 +120,18 @@ def sweep_user_error_folders(parent: str | None = None) -> list[str]:
     except OSError:
         return removed
     for name in names:
-        match = re.fullmatch(re.escape(USER_ERRORS_PREFIX) + r"(\d+)-\w+", name)
-        if not match or _alive(int(match.group(1))):
+        match = re.fullmatch(re.escape(USER_ERRORS_PREFIX) + r"(\d{1,10})-\w+", name)
+        path = os.path.join(parent, name)
+        try:
+            if not match or os.stat(path).st_uid != os.getuid() or _alive(int(match.group(1))):
+                continue
+            with open(os.path.join(path, HELD), "a") as held:
+                fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError: still held
+        except OSError:  # still held (BlockingIOError), gone already, or not ours to open
             continue
-        shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
-        if not os.path.exists(os.path.join(parent, name)):
-            removed.append(os.path.join(parent, name))
+        shutil.rmtree(path, ignore_errors=True)
+        if not os.path.exists(path):
+            removed.append(path)
     return removed
 
 
@@ -121,7 +140,7 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except OSError:  # someone else's process: alive
+    except (OSError, OverflowError):  # someone else's process, or no pid at all: leave it alone
         return True
     return True
 
@@ -132,7 +151,7 @@ def recorded_user_errors(folder: str) -> list[str]:
     from flowkit.step_runs import NOT_RUN_AGAIN
 
     try:
-        files = sorted(Path(folder).iterdir(), key=lambda f: f.stat().st_mtime)
+        files = sorted((f for f in Path(folder).iterdir() if f.name != HELD), key=lambda f: f.stat().st_mtime)
         messages = [f.read_text(encoding="utf-8").split(NOT_RUN_AGAIN)[0].rstrip() for f in files]
     except OSError:
         return []
@@ -170,6 +189,7 @@ def main(flow_class, run_defaults: dict | None = None, refuse=None) -> None:
     print_user_errors_plainly(flow_class)  # an error in this process is printed last by Metaflow itself
     sweep_user_error_folders()
     path = tempfile.mkdtemp(prefix=f"{USER_ERRORS_PREFIX}{os.getpid()}-")
+    held = hold_user_error_folder(path)
     os.environ[USER_ERRORS] = path  # a run launched from inside a step gets its own folder
     try:
         flow_class()
@@ -182,4 +202,5 @@ def main(flow_class, run_defaults: dict | None = None, refuse=None) -> None:
     finally:
         import shutil
 
+        held.close()
         shutil.rmtree(path, ignore_errors=True)

@@ -74,15 +74,46 @@ def test_recorded_messages_come_back_once_each_without_the_retry_note(tmp_path, 
 def test_folders_of_launchers_that_died_are_swept(tmp_path):
     """A run SIGKILLed (or a machine that went down) cannot remove its user-error folder; the next launch removes
     the folders whose launching process is gone, and leaves those of live processes and anything else."""
-    from flowkit.launch import USER_ERRORS_PREFIX, sweep_user_error_folders
+    from flowkit.launch import USER_ERRORS_PREFIX, hold_user_error_folder, sweep_user_error_folders
 
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
     dead = tmp_path / f"{USER_ERRORS_PREFIX}{gone.pid}-ab_12x"
     alive = tmp_path / f"{USER_ERRORS_PREFIX}{os.getpid()}-cd34yz"
-    other = tmp_path / f"{USER_ERRORS_PREFIX}notapid"
-    for folder in (dead, alive, other):
+    held = tmp_path / f"{USER_ERRORS_PREFIX}{gone.pid}-held"  # its pid looks dead (another pid namespace)...
+    odd = [tmp_path / f"{USER_ERRORS_PREFIX}notapid", tmp_path / f"{USER_ERRORS_PREFIX}{'9' * 30}-x"]
+    for folder in (dead, alive, held, *odd):
         folder.mkdir()
     (dead / "7-ingest-2").write_text("--data x: no such file")
-    assert sweep_user_error_folders(str(tmp_path)) == [str(dead)]
-    assert not dead.exists() and alive.exists() and other.exists()
+    lock = hold_user_error_folder(str(held))  # ... but its launcher holds the lock
+    assert recorded_user_errors(str(held)) == []  # the lock file is no message
+    try:
+        assert sweep_user_error_folders(str(tmp_path)) == [str(dead)]
+        assert not dead.exists() and alive.exists() and held.exists() and all(f.exists() for f in odd)
+    finally:
+        lock.close()
+    assert sweep_user_error_folders(str(tmp_path)) == [str(held)]  # the lock dropped: its process is gone
+
+
+def test_a_launch_names_its_folder_by_its_pid_and_holds_it_until_it_ends(tmp_path, monkeypatch):
+    """The folder main() makes is one the sweep recognises, locked while the run goes on, removed at its end."""
+    import flowkit.launch as launch
+
+    seen = {}
+
+    class Flow:
+        def __init__(self):
+            folder = os.environ["REVIEWFLOW_USER_ERRORS"]
+            seen["folder"] = folder
+            seen["swept while running"] = launch.sweep_user_error_folders(str(tmp_path))
+            seen["exists"] = os.path.isdir(folder)
+
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    monkeypatch.setattr(sys, "argv", ["flow.py", "run"])
+    monkeypatch.setattr(launch, "prepare_environment", lambda: None)  # no datastore, no environment of its own
+    monkeypatch.setenv("REVIEWFLOW_USER_ERRORS", "")  # main() sets it: restored after the test
+    monkeypatch.setattr("flowkit.metaflow_internals.print_user_errors_plainly", lambda *a, **k: None)
+    launch.main(Flow)
+    assert os.path.basename(seen["folder"]).startswith(f"{launch.USER_ERRORS_PREFIX}{os.getpid()}-")
+    assert seen["exists"] and seen["swept while running"] == []
+    assert not os.path.exists(seen["folder"])
