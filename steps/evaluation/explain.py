@@ -38,11 +38,12 @@ def _logit_difference(model):
 
 
 def _positions_used(model, ids, mask):
-    """The position ids the model gives the review itself, to be given to every input on the integration path and
-    to the reference: None where they cannot depend on the tokens. RoBERTa-style encoders (MPNet, RoBERTa,
-    XLM-R) number positions by counting non-padding tokens, so a reference of padding tokens would otherwise be
-    scored with every word at the padding position: the path would not start at the reference, and the
-    attributions would not add up to f(x) - f(x') (MPNet's convergence delta was 8 with any number of steps)."""
+    """The position ids the model gives the review itself (read off its position table in one forward pass), to be
+    given to every input on the integration path and to the reference; None for a model whose forward takes no
+    position ids or that has no position table (DistilBERT, rotary encoders). RoBERTa-style encoders (MPNet,
+    RoBERTa, XLM-R) number positions by counting non-padding tokens, so a reference of padding tokens would
+    otherwise be scored with every word at the padding position: the path would not start at the reference, and
+    the delta would not shrink with more steps (a tiny MPNet: 1.08 at 4, 20 and 100 steps)."""
     import inspect
 
     import torch
