@@ -271,6 +271,30 @@ def test_the_served_backends_scores_are_what_the_logged_model_predicts(trained, 
         assert served.scorecard().startswith("accuracy/F1 on 60 test rows: torch ")
 
 
+def test_a_logged_model_is_asked_in_the_chunks_a_request_of_all_rows_is_scored_in():
+    """served_probabilities sends a logged model the slices its own Scorer cuts a request of all rows into
+    (CHUNK_TEXTS from the first row), so the scores are the same as one request's, in the rows' order."""
+    import pandas as pd
+
+    from steps.evaluation.evaluate import served_probabilities
+    from steps.serving.classifier_model import CHUNK_TEXTS
+
+    class Logged:
+        requests = []
+
+        def predict(self, frame, params=None):
+            self.requests.append(frame[TEXT_COLUMN].tolist())
+            return pd.DataFrame({"label": 0, "probability_positive": [float(t) / 1e6 for t in frame[TEXT_COLUMN]]})
+
+    texts = [str(i) for i in range(2 * CHUNK_TEXTS + 5)]
+    logged = Logged()
+    scores = served_probabilities(logged, texts)
+    assert [len(r) for r in logged.requests] == [CHUNK_TEXTS, CHUNK_TEXTS, 5]
+    assert logged.requests[1][0] == str(CHUNK_TEXTS)
+    assert np.array_equal(scores, np.arange(len(texts)) / 1e6)
+    assert served_probabilities(logged, []).shape == (0,)
+
+
 def test_parity_on_a_seeded_sample_of_many_test_rows_then_the_served_backend_scores_them_all(trained, tracking_uri,
                                                                                                monkeypatch):
     """With more test rows than PARITY_ROWS every backend scores the same seeded sample for parity, and only the
