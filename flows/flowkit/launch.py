@@ -95,11 +95,19 @@ HELD = ".held"  # a file in the folder that its launching process keeps locked w
 
 def hold_user_error_folder(folder: str):
     """Lock `folder`'s HELD file for as long as the returned file stays open (the launching process's lifetime:
-    the kernel drops the lock when the process dies, however it dies, in whatever pid namespace)."""
+    the kernel drops the lock when the process dies, however it dies, in whatever pid namespace). None where the
+    file system takes no locks: the sweep then goes by the pid alone."""
     import fcntl
 
-    handle = open(os.path.join(folder, HELD), "w")  # noqa: SIM115 -- held open: closing it drops the lock
-    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    try:
+        handle = open(os.path.join(folder, HELD), "w")  # noqa: SIM115 -- held open: closing it drops the lock
+    except OSError:
+        return None
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        return None
     return handle
 
 
@@ -202,5 +210,6 @@ def main(flow_class, run_defaults: dict | None = None, refuse=None) -> None:
     finally:
         import shutil
 
-        held.close()
+        if held is not None:
+            held.close()
         shutil.rmtree(path, ignore_errors=True)

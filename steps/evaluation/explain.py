@@ -4,11 +4,11 @@ layer, batched; and exact per-feature contributions for the linear TF-IDF baseli
 For a review x the explained output is the logit difference f(x) = logit(positive) - logit(negative): a positive
 score pushes toward "positive", a negative one toward "negative". The reference input x' keeps the special tokens
 ([CLS], [SEP]), the attention mask and the review's token positions, and replaces every other token by the
-padding token. Integrated Gradients
-integrates the gradient of f along the straight line from x' to x in embedding space (`n_steps` points,
-Gauss-Legendre); the attributions of a review's tokens then sum to f(x) - f(x'), up to the convergence delta
-that is reported with every explanation (smaller with more steps). Word scores are the sums of their word-piece
-scores; words are cut from the review text itself (tokenizer offsets), so what is shown is what was written.
+padding token. Integrated Gradients integrates the gradient of f along the straight line from x' to x in
+embedding space (`n_steps` points, Gauss-Legendre); the attributions of a review's tokens then sum to
+f(x) - f(x'), up to the convergence delta that is reported with every explanation (smaller with more steps).
+Word scores are the sums of their word-piece scores; words are cut from the review text itself (tokenizer
+offsets), so what is shown is what was written.
 
 Used by the evaluate step (heatmaps of the most confident errors and a sample of correct predictions on its card,
 JSON in MLflow) and by PredictFlow `--explain K` (the K most influential words of every review).

@@ -100,7 +100,7 @@ class Scorer:
         """The positive class's probability of each text, in the caller's order. The texts are tokenized once,
         sorted by length and scored in buckets of similar length (`buckets`), so a request of many reviews is not
         padded to its longest one; a request of more than `CHUNK_TEXTS` texts, a chunk of them at a time, so the
-        tokenizer's output stays small (200,000 texts at once held about a gigabyte)."""
+        tokenizer's output stays small (200,000 texts at once held 2.2 GB)."""
         import numpy as np
 
         texts = texts if isinstance(texts, list) else list(texts)
