@@ -37,31 +37,29 @@ def _logit_difference(model):
     return forward
 
 
-def _positions_used(model, ids, mask):
-    """The position ids the model gives the review itself (read off its position table in one forward pass), to be
-    given to every input on the integration path and to the reference; None for a model whose forward takes no
-    position ids or that has no position table (DistilBERT, rotary encoders). RoBERTa-style encoders (MPNet,
-    RoBERTa, XLM-R) number positions by counting non-padding tokens, so a reference of padding tokens would
-    otherwise be scored with every word at the padding position: the path would not start at the reference, and
-    the delta would not shrink with more steps (a tiny MPNet: 1.08 at 4, 20 and 100 steps)."""
+def _scored_with_positions(model, forward, ids, mask):
+    """(f of the review itself, the position ids the model gave it), from one forward pass: the positions, read
+    off its position table, are to be given to every input on the integration path and to the reference; None
+    for a model whose forward takes no position ids or that has no position table (DistilBERT, rotary encoders).
+    RoBERTa-style encoders (MPNet, RoBERTa, XLM-R) number positions by counting non-padding tokens, so a reference
+    of padding tokens would otherwise be scored with every word at the padding position: the path would not start
+    at the reference, and the delta would not shrink with more steps (a tiny MPNet: 1.08 at 4, 20 and 100 steps)."""
     import inspect
 
     import torch
 
     embeddings = getattr(getattr(model, "base_model", model), "embeddings", None)
     table = getattr(embeddings, "position_embeddings", None)
-    if not isinstance(table, torch.nn.Embedding) or "position_ids" not in inspect.signature(model.forward).parameters:
-        return None
+    hooked = isinstance(table, torch.nn.Embedding) and "position_ids" in inspect.signature(model.forward).parameters
     seen = []
-    handle = table.register_forward_pre_hook(lambda _module, args: seen.append(args[0].detach()))
+    handle = table.register_forward_pre_hook(lambda _module, args: seen.append(args[0].detach())) if hooked else None
     try:
         with torch.no_grad():
-            model(input_ids=ids, attention_mask=mask)
+            actual = forward(ids, mask)
     finally:
-        handle.remove()
-    if not seen:
-        return None
-    return seen[0].expand(ids.shape[0], -1).clone()
+        if handle is not None:
+            handle.remove()
+    return actual, (seen[0].expand(ids.shape[0], -1).clone() if seen else None)
 
 
 def explain_texts(model, tokenizer, texts, max_length: int, n_steps: int = 50, batch_size: int = BATCH_REVIEWS,
@@ -97,14 +95,13 @@ def explain_texts(model, tokenizer, texts, max_length: int, n_steps: int = 50, b
         mask = encoded["attention_mask"].to(device)
         special = encoded["special_tokens_mask"].to(device).bool() | (mask == 0)
         reference = torch.where(special, ids, torch.full_like(ids, pad_id))
-        positions = _positions_used(model, ids, mask)
+        actual, positions = _scored_with_positions(model, forward, ids, mask)
         extra = (mask,) if positions is None else (mask, positions)
         per_pass = _internal_batch(len(rows), ids.shape[1])
         attributions, delta = lig.attribute(ids, baselines=reference, additional_forward_args=extra,
                                             n_steps=n_steps, internal_batch_size=per_pass,
                                             return_convergence_delta=True)
         with torch.no_grad():
-            actual = forward(ids, *extra)
             at_reference = forward(reference, *extra)
         scores = attributions.sum(dim=-1).detach().float().cpu().numpy()
         for j, row in enumerate(rows):
