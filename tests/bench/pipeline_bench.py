@@ -35,7 +35,11 @@ and adds "imports_s" (seconds of top-level imports per step process) and "import
 step) from the flow log; the instrumentation slows the run itself by a few percent, so take the other figures from
 a run without it. `--floor` also runs, in the same folder, an empty flow with the same nine steps (each step only
 calls self.next) and adds "empty_flow_s" to the training run's line: Metaflow's own cost of nine step processes
-on this machine.
+on this machine. Both together (`--imports --floor`) also replay each step's top-level imports, in its order, in a
+fresh Python without the instrumentation (metaflow itself imported first, untimed: the empty flow pays for it), the
+fastest of three: "import_floor_s" ({step: seconds}: what a process for that step pays before any of its work),
+"fixed_cost_floor_s" (empty_flow_s plus their sum) and "fixed_cost_floor_share" (that floor's share of a run with
+this run's training epochs). No change to a step's own code gets it under its import floor.
 """
 from __future__ import annotations
 
@@ -86,7 +90,8 @@ def parse_args(argv=None):
     parser.add_argument("--imports", action="store_true",
                         help="profile each step process's imports (PYTHONPROFILEIMPORTTIME=1): imports_s, imports_top")
     parser.add_argument("--floor", action="store_true",
-                        help="also time an empty flow with the same nine steps (empty_flow_s)")
+                        help="also time an empty flow with the same nine steps (empty_flow_s); with --imports, also "
+                             "replay each step's imports in a fresh process (import_floor_s, fixed_cost_floor_s)")
     parser.add_argument("--read-run", nargs=2, metavar=("WORKDIR", "RUN_ID"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.repeat < 1:
@@ -238,6 +243,55 @@ def import_seconds(log_file: Path, top: int = 5) -> tuple[dict, dict]:
     return seconds, costliest
 
 
+def step_modules(log_file: Path) -> dict:
+    """From a flow log written under PYTHONPROFILEIMPORTTIME=1: {step: its top-level imports, in first-import order,
+    each once} (a retried step's attempts and anything else logged under the step's prefix merge)."""
+    modules: dict = {}
+    for line in log_file.read_text(errors="replace").splitlines():
+        match = IMPORT_LINE.search(line)
+        if match and match.group(3).strip() not in modules.setdefault(match.group(1), []):
+            modules[match.group(1)].append(match.group(3).strip())
+    return modules
+
+
+# Run in a fresh Python with a step process's sys.path: import metaflow first, untimed (the empty flow's processes
+# pay for it too), then the step's top-level modules in its order, each timed; prints {"seconds", "failed"}.
+REPLAY = """import importlib, json, sys, time
+sys.path[:0] = [{flows!r}, {root!r}]
+import metaflow, metaflow.cli
+seconds, failed = 0.0, []
+for name in {modules!r}:
+    began = time.perf_counter()
+    try:
+        importlib.import_module(name)
+    except BaseException:
+        failed.append(name)
+    seconds += time.perf_counter() - began
+print(json.dumps({{"seconds": seconds, "failed": failed}}))
+"""
+
+
+def import_floor(workdir: Path, modules: dict, repeats: int = 3) -> tuple[dict, dict]:
+    """({step: seconds}, {step: modules that failed to import alone}): each step's own top-level imports (from an
+    --imports run's log) replayed in a fresh Python without the instrumentation, the fastest of `repeats`: what a
+    process for that step pays before it can do any work, on this machine."""
+    env = {k: v for k, v in flow_env(workdir).items() if k != "PYTHONPROFILEIMPORTTIME"}
+    seconds, failed = {}, {}
+    for step, names in modules.items():
+        program = REPLAY.format(flows=str(FLOW_FILE.parent), root=str(ROOT), modules=names)
+        for _ in range(repeats):
+            out = subprocess.run([sys.executable, "-c", program], cwd=workdir, env=env, capture_output=True,
+                                 text=True, timeout=300)
+            if out.returncode != 0:
+                log(f"replaying the {step} step's imports failed: {out.stderr.strip()[-500:]}")
+                break
+            result = json.loads(out.stdout.strip().splitlines()[-1])
+            seconds[step] = round(min(seconds.get(step, float("inf")), result["seconds"]), 2)
+            if result["failed"]:
+                failed[step] = result["failed"]
+    return seconds, failed
+
+
 EMPTY_FLOW = """from metaflow import FlowSpec, step
 
 
@@ -297,6 +351,14 @@ def measure(workdir: Path, flow_args: list[str], number: int, args, expected_rou
         line["imports_s"], line["imports_top"] = import_seconds(log_file)
     if args.floor and expected_route == "train":  # once per folder, beside the full run
         line["empty_flow_s"] = empty_flow_seconds(workdir, args, list(steps))  # the run's steps, in start order
+        if args.imports:
+            line["import_floor_s"], failed = import_floor(workdir, step_modules(log_file))
+            if failed:
+                line["import_floor_failed"] = failed
+            if line["empty_flow_s"] is not None:
+                floor = round(line["empty_flow_s"] + sum(line["import_floor_s"].values()), 2)
+                line["fixed_cost_floor_s"] = floor
+                line["fixed_cost_floor_share"] = round(floor / (floor + training), 3) if floor + training else None
     if args.keep:
         line["workdir"] = str(workdir)
     return line
@@ -325,6 +387,15 @@ def print_table(line: dict) -> None:
         log(f"  imports in all step processes: {sum(imports.values()):.2f} s")
     if line.get("empty_flow_s") is not None:
         log(f"  an empty flow with the same nine steps: {line['empty_flow_s']:.2f} s")
+    floors = line.get("import_floor_s") or {}
+    if floors:
+        log("  each step's imports alone, in a fresh process (the fastest of 3): "
+            + ", ".join(f"{step} {seconds:.2f}" for step, seconds in floors.items())
+            + f"; {sum(floors.values()):.2f} s in all")
+    if line.get("fixed_cost_floor_s") is not None:
+        log(f"  floor of everything but training epochs (empty flow + those imports): "
+            f"{line['fixed_cost_floor_s']:.2f} s = {100 * line['fixed_cost_floor_share']:.1f}% of a run with these "
+            f"epochs")
 
 
 def main(argv=None) -> int:

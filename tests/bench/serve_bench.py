@@ -14,6 +14,8 @@ Backends run round-robin (the order reversed every other round with --repeat), e
 on a shared machine other load only slows a contender down. A last JSON line, {"targets": {...}}, gives the ratios
 the serving targets are stated in (docs/benchmarks.md#serving): fused fp32 ONNX vs PyTorch fp32 at batch 1 and 64,
 int8 vs PyTorch fp32 at batch 1, the served backend at batch 64 vs batch 1 (texts/s), its p99 at batch 1.
+`--graph` adds {"graph": {...}}: the served backend's scorer fed ready token rows of one length (the texts' median)
+at batch 1 and 64, nothing around it: how much of a batch's gain the arithmetic itself allows on this machine.
 """
 from __future__ import annotations
 
@@ -51,6 +53,9 @@ def parse_args(argv=None):
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="print only the JSON lines on stdout")
+    parser.add_argument("--graph", action="store_true",
+                        help="also time the served backend's graph alone at one length, batch 1 and 64 (a last "
+                             "JSON line {\"graph\": ...}): what the arithmetic gives per text at each batch size")
     return parser.parse_args(argv)
 
 
@@ -209,6 +214,35 @@ def target_ratios(best: dict, served: str) -> dict:
     return {k: v for k, v in out.items() if v is not None}
 
 
+def graph_alone(model_uri: str, backend: str, texts: list[str], calls: int = 200) -> dict:
+    """The served backend's graph without anything around it (no pandas, tokenizer or length buckets): the same
+    scorer the pyfunc builds, fed ready token rows all of one length, the median token length of `texts`, at batch
+    1 (`calls` calls) and batch 64 (`calls` // 8 calls, at least 4). What the arithmetic itself gives per text at
+    each batch size on this machine, with the serving threads: the served model's batch-64 gain over batch 1 cannot
+    come from the graph beyond this ratio, only from spreading the per-call cost outside it."""
+    import mlflow
+    import numpy as np
+
+    model = mlflow.pyfunc.load_model(model_uri, model_config={"backend": backend})
+    scorer = model.unwrap_python_model().scorer
+    ids = scorer.tokenizer(texts, truncation=True, max_length=scorer.max_length)["input_ids"]
+    length = int(np.median([len(row) for row in ids]))
+    row = next(r for r in ids if len(r) >= length)[:length]
+    out = {"backend": backend, "tokens": length}
+    for batch, repeats in ((1, calls), (64, max(4, calls // 8))):
+        feed = scorer._padded([row] * batch, length)
+        scorer._positive(feed)  # warm-up
+        latencies = []
+        for _ in range(repeats):
+            began = time.perf_counter()
+            scorer._positive(feed)
+            latencies.append(time.perf_counter() - began)
+        out[f"batch{batch}_texts_per_s"] = round(batch * repeats / sum(latencies), 1)
+        out[f"batch{batch}_p50_ms"] = round(1000 * float(np.percentile(latencies, 50)), 2)
+    out["batch64_vs_batch1"] = round(out["batch64_texts_per_s"] / out["batch1_texts_per_s"], 2)
+    return out
+
+
 def main(argv=None) -> int:
     import tempfile
 
@@ -238,11 +272,18 @@ def main(argv=None) -> int:
     for mode in modes:
         for backend in backends:
             print(json.dumps({"model_uri": model_uri, **best[(backend, mode)]}), flush=True)
-    targets = target_ratios(best, served_backend(model_uri))
+    served = served_backend(model_uri)
+    targets = target_ratios(best, served)
     if targets:
         print(json.dumps({"model_uri": model_uri, "targets": targets}), flush=True)
         for name, figure in targets.items():
             log(f"{name}: {figure}")
+    if args.graph:
+        graph = graph_alone(model_uri, served, texts)
+        print(json.dumps({"model_uri": model_uri, "graph": graph}), flush=True)
+        log(f"the {served} graph alone at {graph['tokens']} tokens: batch 1 {graph['batch1_texts_per_s']} texts/s "
+            f"(p50 {graph['batch1_p50_ms']} ms), batch 64 {graph['batch64_texts_per_s']} texts/s: "
+            f"{graph['batch64_vs_batch1']}x")
     return 0
 
 
