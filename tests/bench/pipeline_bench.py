@@ -39,7 +39,7 @@ on this machine. Both together (`--imports --floor`) also replay each step's top
 fresh Python without the instrumentation (metaflow itself imported first, untimed: the empty flow pays for it), the
 fastest of three: "import_floor_s" ({step: seconds}: what a process for that step pays before any of its work),
 "fixed_cost_floor_s" (empty_flow_s plus their sum) and "fixed_cost_floor_share" (that floor's share of a run with
-this run's training epochs). No change to a step's own code gets it under its import floor.
+this run's training epochs). A step takes no less than its import floor unless it imports less.
 """
 from __future__ import annotations
 
