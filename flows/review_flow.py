@@ -9,7 +9,12 @@ settings of steps/settings.py (`run --help` lists them). Retry policy: docs/when
 """
 from metaflow import FlowSpec, card, config_expr, current, project, resources, retry, schedule, step, trigger
 
-from flowkit.checkpoints import clear_training_checkpoints, training_checkpoints
+from flowkit.checkpoints import (
+    clear_training_checkpoints,
+    store_trained_classifier,
+    trained_classifier,
+    training_checkpoints,
+)
 from flowkit.launch import main
 from flowkit.metaflow_internals import datastore_root, render_card_now, settled
 from flowkit.packaging import ship_library
@@ -143,13 +148,14 @@ class ReviewFlow(FlowSpec):
         from steps.training.job import fine_tune
 
         with step_run(self, "train") as run:
-            result, self.classifier, plots = fine_tune(run, base_model(self), self.tokens, self.train_config,
-                                                       training_checkpoints(self))
+            result, classifier, plots = fine_tune(run, base_model(self), self.tokens, self.train_config,
+                                                  training_checkpoints(self))
+            self.classifier = store_trained_classifier(self, classifier)  # where it is + SHA-256, not gzipped
         self.train_summary, self.history = result.summary(), result.history
         self.step_history, self.oom_events = result.step_history, result.oom_events  # compact: <= 1000 points
         current.card["training"].extend(training_card(result, self.train_config, plots))
         self.trained_by = current.pathspec  # names this model: a retried or resumed register finds its version
-        self.next(self.evaluate)  # evaluate deletes the checkpoint once Metaflow has stored self.classifier
+        self.next(self.evaluate)  # evaluate deletes the checkpoint: by then the classifier and its artifact are stored
 
     @retry(times=1, minutes_between_retries=1)
     @card(type="blank", id="evaluation")
@@ -163,8 +169,8 @@ class ReviewFlow(FlowSpec):
         from steps.serving.package import ParityRules
         from steps.training.models import loaded
 
-        clear_training_checkpoints(self, self.trained_by)  # the trained model is an artifact now
-        with step_run(self, "evaluate") as run, loaded(self.classifier) as model:  # the weights, read once
+        clear_training_checkpoints(self, self.trained_by)  # the trained model is stored now
+        with step_run(self, "evaluate") as run, loaded(trained_classifier(self, self.classifier)) as model:  # once
             frames = split_frames(self, "train", "test")
             baseline = evaluate_baseline(run, frames["train"], frames["test"], self.seed)  # TF-IDF, same rows
             evaluation, verdict, served = evaluate_served_model(

@@ -1,9 +1,13 @@
-"""Where a training task keeps its epoch checkpoints: in the flow's datastore, beside Metaflow's own tree.
+"""Where a training task keeps its epoch checkpoints and the classifier it trained: in the flow's datastore, beside
+Metaflow's own tree.
 
-    <datastore root>/reviewflow-checkpoints/<flow>/<run id>/<step>
+    <datastore root>/reviewflow-checkpoints/<flow>/<run id>/<step>/checkpoint.pt
+    <datastore root>/reviewflow-models/<flow>/<run id>/<step>/<task id>/attempt-<n>/classifier.tar
 
-Written under the task's own run; read from this run first (a @retry of the step), then from the run this one
-resumes (`current.origin_run_id`), so a run killed mid-training and resumed goes on from its last epoch.
+Checkpoints are written under the task's own run; read from this run first (a @retry of the step), then from the
+run this one resumes (`current.origin_run_id`), so a run killed mid-training and resumed goes on from its last
+epoch. The trained classifier stays where its attempt wrote it: the step's artifact names that file and its
+SHA-256, a resumed run that clones the step reads the same file, and nothing deletes it.
 """
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ from metaflow import current
 from flowkit.metaflow_internals import datastore_root, datastore_type
 
 CHECKPOINTS_FOLDER = "reviewflow-checkpoints"
+MODELS_FOLDER = "reviewflow-models"
 
 
 def checkpoint_location(root: str, flow_name: str, run_id: str, step_name: str) -> str:
@@ -39,9 +44,9 @@ def training_checkpoints(flow):
 
 def clear_training_checkpoints(flow, trained_by: str) -> None:
     """Delete the epoch checkpoint of the train task `trained_by` (its pathspec). Called by the step after train:
-    by then Metaflow has stored the trained model as train's artifact, which it does only after the train step's
-    body returns, so a failure to store it still finds the checkpoint. The checkpoint of a run that a resume
-    started from is another run's and stays."""
+    by then train has kept the trained classifier and Metaflow has stored the artifact that names it, which it
+    does only after the train step's body returns, so a failure before that still finds the checkpoint. The
+    checkpoint of a run that a resume started from is another run's and stays."""
     from steps.training.checkpoints import CheckpointStore
 
     flow_name, run_id, step_name = trained_by.split("/")[:3]
@@ -50,3 +55,21 @@ def clear_training_checkpoints(flow, trained_by: str) -> None:
         CheckpointStore(location, endpoint_url=_s3_endpoint(flow)).clear()
     except Exception as err:  # clean-up only: the run goes on; the file can be deleted by hand
         print(f"could not delete the training checkpoint at {location}: {err}", flush=True)
+
+
+def store_trained_classifier(flow, blob: bytes) -> dict:
+    """Keep the packed classifier of the running task in the datastore; returns what the step stores as its
+    artifact (where it is, its size and SHA-256): small, so Metaflow does not gzip the model itself."""
+    from steps.training.checkpoints import store_trained
+
+    location = "/".join([datastore_root(flow).rstrip("/"), MODELS_FOLDER, current.flow_name, str(current.run_id),
+                         current.step_name, str(current.task_id), f"attempt-{current.retry_count}"])
+    return store_trained(blob, location, endpoint_url=_s3_endpoint(flow))
+
+
+def trained_classifier(flow, classifier) -> bytes:
+    """The packed classifier that `store_trained_classifier` kept (checked against its SHA-256), or packed bytes
+    as they are (a train step of a run from before it kept them beside the datastore)."""
+    from steps.training.checkpoints import trained_bytes
+
+    return trained_bytes(classifier, endpoint_url=_s3_endpoint(flow))

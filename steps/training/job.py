@@ -1,5 +1,5 @@
 """The train step's job: load the encoder with a fresh head, train it (steps/training/loop.py), log what happened,
-and pack the trained classifier (weights + tokenizer) into one artifact."""
+and pack the trained classifier (weights + tokenizer) into one tar file (the flow keeps it in the datastore)."""
 from __future__ import annotations
 
 

@@ -286,7 +286,8 @@ def load_classifier(model: str, num_labels: int = 2):
 
 
 def pack_directory(path: str | os.PathLike) -> bytes:
-    """A directory as tar bytes, so a saved model can travel as one Metaflow artifact (local or S3)."""
+    """A directory as tar bytes, so a saved model travels as one object (a file in the datastore, local or S3, or a
+    Metaflow artifact)."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as archive:
         for file in sorted(Path(path).rglob("*")):

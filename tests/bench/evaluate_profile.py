@@ -56,6 +56,7 @@ def main() -> None:
     from steps.evaluation.evaluate import evaluate_served_model
     from steps.evaluation.explain import explain_test_reviews
     from steps.runtime import tracking
+    from steps.training.checkpoints import trained_bytes
     from steps.training.models import loaded
 
     # A parent run of its own (experiment "reviewflow-evaluate-profile"): the kept flow run's MLflow run, its status
@@ -68,7 +69,8 @@ def main() -> None:
         train_rows, test_rows = stored_split(data, "train"), stored_split(data, "test")
         baseline = evaluate_baseline(run, train_rows, test_rows, data.seed)
         marks.append(("TF-IDF baseline", time.perf_counter()))
-        with loaded(data.classifier) as model:  # as the step does: the weights read once
+        with loaded(trained_bytes(data.classifier)) as model:  # as the step does: the weights read once (a kept
+            # folder's classifier is a local file; an S3 one would take the endpoint, as the step passes it)
             marks.append(("loading the trained classifier", time.perf_counter()))
             evaluation, _, _ = evaluate_served_model(
                 run, parent, model, data.tokens["test"], test_rows, data.history, "reviewflow-evaluate-profile",

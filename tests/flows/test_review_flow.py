@@ -95,6 +95,26 @@ def test_the_datastore_holds_the_reviews_once(finished):
     assert split_rows(run, "test")["isPositive"].dtype == "int64"
 
 
+def test_the_trained_classifier_is_kept_beside_the_datastore_and_its_artifact_names_it(finished):
+    """Not gzipped into an artifact: one tar file under the datastore, which train's small artifact names with
+    its SHA-256; evaluate read it back from there (the run registered a model that predicts: the first test)."""
+    import hashlib
+
+    from steps.training.models import unpacked
+
+    run, _, uri = finished
+    train = run["train"].task
+    where = train.data.classifier
+    datastore = Path(uri.removeprefix("sqlite:///")).parent / ".metaflow"
+    expected = datastore / "reviewflow-models" / "ReviewFlow" / run.id / "train" / train.id / "attempt-0"
+    assert where["location"] == str(expected) and os.listdir(expected) == ["classifier.tar"]
+    blob = (expected / "classifier.tar").read_bytes()
+    assert len(blob) == where["bytes"] and hashlib.sha256(blob).hexdigest() == where["sha256"]
+    assert train["classifier"].size < 1000  # the artifact is the reference, not the model
+    with unpacked(blob) as model_dir:
+        assert {"config.json", "model.safetensors"} <= set(os.listdir(model_dir))
+
+
 def test_validate_step_reports_and_the_version_keeps_its_training_profile(finished, tmp_path):
     run, executing, uri = finished
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)

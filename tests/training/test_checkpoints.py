@@ -1,11 +1,12 @@
 """CheckpointStore on a local directory and on a real S3 server (SeaweedFS on 127.0.0.1)."""
 import os
+from pathlib import Path
 
 import pytest
 import torch
 
 from steps.runtime.errors import ReviewflowError
-from steps.training.checkpoints import CHECKPOINT, CheckpointStore
+from steps.training.checkpoints import CHECKPOINT, TRAINED, CheckpointStore, store_trained, trained_bytes
 
 
 def test_save_load_and_clear_locally(tmp_path):
@@ -55,6 +56,24 @@ def test_locations_that_cannot_work_are_user_errors():
         CheckpointStore("s3:///checkpoints")
 
 
+def test_the_trained_classifier_is_kept_as_one_file_and_read_back_only_as_it_was_stored(tmp_path):
+    blob = os.urandom(300_000)
+    where = store_trained(blob, str(tmp_path / "train" / "7" / "attempt-0"))
+    assert where["bytes"] == len(blob) and len(where["sha256"]) == 64 and where["file"] == TRAINED
+    assert os.listdir(where["location"]) == [TRAINED]  # no temporary leftovers
+    assert trained_bytes(where) == blob
+    assert trained_bytes(blob) == blob  # a train step from before: its artifact is the packed bytes themselves
+
+    (Path(where["location"]) / TRAINED).write_bytes(blob[:-1] + b"x")  # overwritten since
+    with pytest.raises(ReviewflowError, match="not the one its train step stored .*resume train --origin-run-id"):
+        trained_bytes(where)
+    (Path(where["location"]) / TRAINED).unlink()
+    with pytest.raises(ReviewflowError, match=f"{TRAINED} is gone .*resume train --origin-run-id"):
+        trained_bytes(where)
+    with pytest.raises(ReviewflowError, match="model location 'gs://b/m': use a local directory or an s3:// URL"):
+        store_trained(blob, "gs://b/m")
+
+
 @pytest.fixture
 def s3_endpoint(s3_server, monkeypatch):
     """The session's real S3 server (SeaweedFS on 127.0.0.1) with a bucket `checkpoints`; its credentials set."""
@@ -82,6 +101,16 @@ def test_checkpoints_on_s3(s3_endpoint, monkeypatch):
     assert resumed.load() == ({"epoch": 2}, resumed.location)
     resumed.clear()
     assert resumed.load()[1] == origin.location
+
+
+def test_the_trained_classifier_on_s3(s3_endpoint):
+    blob = os.urandom(9_000_000)  # a multipart upload
+    where = store_trained(blob, "s3://checkpoints/reviewflow-models/ReviewFlow/1/train/6/attempt-0",
+                          endpoint_url=s3_endpoint)
+    assert trained_bytes(where, endpoint_url=s3_endpoint) == blob
+    missing = {**where, "location": "s3://checkpoints/reviewflow-models/ReviewFlow/2/train/6/attempt-0"}
+    with pytest.raises(ReviewflowError, match="is gone"):
+        trained_bytes(missing, endpoint_url=s3_endpoint)
 
 
 def test_training_resumes_from_s3(s3_endpoint, tiny_model_dir, tiny_tokenizer):
