@@ -52,8 +52,12 @@ def test_metaflow_artifacts_and_mlflow_model_land_in_the_bucket(s3_run, s3_serve
     assert run.data.ingest_summary["rows"] == 400  # read from s3://.../input/ through boto3
     checkpoints = f"s3://{s3_server.bucket}/{prefix}/metaflow/reviewflow-checkpoints/ReviewFlow/{run.id}/train"
     assert f"checkpoint of epoch 1 saved to {checkpoints}" in executing.stdout  # epoch checkpoints in S3 too
-    # deleted by evaluate, once Metaflow had stored the trained model
+    # deleted by evaluate, once the trained model was kept and Metaflow had stored the artifact naming it
     assert not keys_under(s3_server, f"{prefix}/metaflow/reviewflow-checkpoints/ReviewFlow/{run.id}/train")
+    train = run["train"].task
+    model_key = f"{prefix}/metaflow/reviewflow-models/ReviewFlow/{run.id}/train/{train.id}/attempt-0/classifier.tar"
+    assert keys_under(s3_server, f"{prefix}/metaflow/reviewflow-models/") == [model_key]  # kept beside, raw
+    assert train.data.classifier["location"] == f"s3://{s3_server.bucket}/{model_key.rsplit('/', 1)[0]}"
     metaflow_keys = keys_under(s3_server, f"{prefix}/metaflow/ReviewFlow/")
     assert any("/data/" in k for k in metaflow_keys)  # content-addressed artifacts
     mlflow_keys = keys_under(s3_server, f"{prefix}/mlflow/")
