@@ -14,8 +14,9 @@ Targets (issue 22): 10,000,000 rows in <= 10 min, peak RSS <= 3 GB per process.
 `review`: `python flows/review_flow.py run --data <rows as one Parquet file> --max-steps N` (the default model and
 recipe otherwise). Reported besides the step seconds: each step process's peak RSS (VmHWM, read from /proc every
 second for every process of the run), the datastore bytes of the run (the artifact blobs its tasks point at, as
-stored, and the whole datastore folder) against the input's Parquet bytes, and the test metrics. Targets
-(issue 22): 1,000,000 rows with --max-steps 200 in <= 20 min, <= 4 GB per step, datastore <= 3x the input.
+stored, with the trained classifier kept beside them, and the whole datastore folder) against the input's Parquet
+bytes, and the test metrics. Targets (issue 22): 1,000,000 rows with --max-steps 200 in <= 20 min, <= 4 GB
+per step, datastore <= 3x the input.
 
 The texts: sentences of ../shared/data (all three files; REVIEWFLOW_SHARED_DATA names another folder) joined in
 seeded random pairs, so the vocabulary and the lengths are real; where that folder is missing, the synthetic
@@ -183,8 +184,9 @@ def watch_steps(proc, peaks: dict, every: float = 1.0, keep: Path | None = None)
 
 
 def datastore_bytes(workdir: Path, env: dict, flow: str = "ReviewFlow") -> dict:
-    """Bytes of the run's artifact blobs as stored (distinct ones, whatever step points at them), the largest
-    artifacts, and the whole local datastore folder."""
+    """Bytes the run keeps in the datastore: its artifact blobs as stored (distinct ones, whatever step points at
+    them) plus the trained classifier kept beside them (reviewflow-models/<flow>/<run id>: a file, not an
+    artifact), the largest of them, and the whole local datastore folder."""
     code = f"""
 import json
 from metaflow import Flow, namespace
@@ -195,14 +197,17 @@ for step in run:
     for task in step:
         for artifact in task.artifacts:
             blobs.setdefault(artifact.sha, artifact.id)
-print(json.dumps(blobs))
+print(json.dumps({{"run": run.id, "blobs": blobs}}))
 """
-    blobs = client_json(code, workdir, env)
-    root = workdir / ".metaflow" / flow / "data"
+    found = client_json(code, workdir, env)
+    blobs, root = found["blobs"], workdir / ".metaflow" / flow / "data"
     sizes = {sha: (root / sha[:2] / sha).stat().st_size for sha in blobs if (root / sha[:2] / sha).exists()}
-    largest = sorted(((size, blobs[sha]) for sha, size in sizes.items()), reverse=True)[:6]
+    named = [(size, blobs[sha]) for sha, size in sizes.items()]
+    models = workdir / ".metaflow" / "reviewflow-models" / flow / str(found["run"])
+    named += [(f.stat().st_size, f"{f.relative_to(models)} (kept model)") for f in models.rglob("*") if f.is_file()]
+    largest = sorted(named, reverse=True)[:6]
     folder = sum(f.stat().st_size for f in (workdir / ".metaflow").rglob("*") if f.is_file())
-    return {"artifact_bytes": sum(sizes.values()), "largest": [[name, size] for size, name in largest],
+    return {"artifact_bytes": sum(size for size, _ in named), "largest": [[name, size] for size, name in largest],
             "folder_bytes": folder}
 
 
