@@ -169,8 +169,8 @@ class ReviewFlow(FlowSpec):
         from steps.serving.package import ParityRules
         from steps.training.models import loaded
 
-        clear_training_checkpoints(self, self.trained_by)  # the trained model is stored now
         with step_run(self, "evaluate") as run, loaded(trained_classifier(self, self.classifier)) as model:  # once
+            clear_training_checkpoints(self, self.trained_by)  # only now: a model found gone keeps its checkpoint
             frames = split_frames(self, "train", "test")
             baseline = evaluate_baseline(run, frames["train"], frames["test"], self.seed)  # TF-IDF, same rows
             evaluation, verdict, served = evaluate_served_model(

@@ -23,6 +23,11 @@ def checkpoint_location(root: str, flow_name: str, run_id: str, step_name: str) 
     return "/".join([root.rstrip("/"), CHECKPOINTS_FOLDER, flow_name, str(run_id), step_name])
 
 
+def model_path(flow_name: str, run_id: str, step_name: str, task_id: str, attempt: int) -> str:
+    """Where a train attempt keeps its classifier, relative to the datastore root."""
+    return "/".join([MODELS_FOLDER, flow_name, str(run_id), step_name, str(task_id), f"attempt-{attempt}"])
+
+
 def _s3_endpoint(flow) -> str | None:
     if datastore_type(flow) != "s3":
         return None
@@ -62,14 +67,16 @@ def store_trained_classifier(flow, blob: bytes) -> dict:
     artifact (where it is, its size and SHA-256): small, so Metaflow does not gzip the model itself."""
     from steps.training.checkpoints import store_trained
 
-    location = "/".join([datastore_root(flow).rstrip("/"), MODELS_FOLDER, current.flow_name, str(current.run_id),
-                         current.step_name, str(current.task_id), f"attempt-{current.retry_count}"])
-    return store_trained(blob, location, endpoint_url=_s3_endpoint(flow))
+    path = model_path(current.flow_name, current.run_id, current.step_name, current.task_id, current.retry_count)
+    return store_trained(blob, datastore_root(flow), path, endpoint_url=_s3_endpoint(flow))
 
 
 def trained_classifier(flow, classifier) -> bytes:
     """The packed classifier that `store_trained_classifier` kept (checked against its SHA-256), or packed bytes
-    as they are (a train step of a run from before it kept them beside the datastore)."""
+    as they are (a train step of a run from before it kept them beside the datastore). If the file is gone or
+    changed, the error gives the command that trains it again in a new run."""
+    from flowkit.step_runs import resume_command
     from steps.training.checkpoints import trained_bytes
 
-    return trained_bytes(classifier, endpoint_url=_s3_endpoint(flow))
+    return trained_bytes(classifier, datastore_root(flow), endpoint_url=_s3_endpoint(flow),
+                         train_again=f"train it again: {resume_command(flow, 'train')}")

@@ -89,20 +89,26 @@ def resume_hint(flow) -> str:
     """What to do after a crash: wait for @retry's next attempt, or, on the last attempt, resume this run.
     Metaflow's plain `resume` takes the latest run started with `run`, never a resume, so the hint names this
     run explicitly, with the datastore when it is not the default."""
-    from metaflow.metaflow_config import DEFAULT_DATASTORE
-
-    from steps.lifecycle.report import script
-
     retries = retries_of_current_step(flow)
     if current.retry_count < retries:
         return (f"{current.pathspec} failed on attempt {current.retry_count + 1} of {retries + 1}; "
                 "@retry runs it again.")
+    return (f"{current.pathspec} failed. Once the cause is fixed, continue this run (finished steps are reused, "
+            f"training continues from its last epoch checkpoint):\n    {resume_command(flow)}")
+
+
+def resume_command(flow, from_step: str | None = None) -> str:
+    """The command that resumes this run (from `from_step`, even if that step finished), with the datastore when
+    it is not the default: Metaflow's plain `resume` would take the latest run started with `run` instead."""
+    from metaflow.metaflow_config import DEFAULT_DATASTORE
+
+    from steps.lifecycle.report import script
+
     flow_file = script(getattr(sys.modules["__main__"], "__file__", "flows/review_flow.py"))
     datastore = datastore_type(flow)
     options = f" --datastore={datastore}" if datastore != DEFAULT_DATASTORE else ""
-    return (f"{current.pathspec} failed. Once the cause is fixed, continue this run (finished steps are reused, "
-            f"training continues from its last epoch checkpoint):\n"
-            f"    python {flow_file}{options} resume --origin-run-id {current.run_id}")
+    step = f" {from_step}" if from_step else ""
+    return f"python {flow_file}{options} resume{step} --origin-run-id {current.run_id}"
 
 
 def fault_point() -> None:

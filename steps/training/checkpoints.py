@@ -16,7 +16,7 @@ S3 access goes through steps/runtime/storage.py (credential chain, error message
 The trained classifier is kept the same way (`store_trained` / `trained_bytes`): one file, `classifier.tar`, at its
 own location, written atomically, and named in the train step's artifact by its location, size and SHA-256, which
 the reader checks. Not as a Metaflow artifact, because Metaflow gzips every artifact: 2.7 s for the default
-model's 91.6 MB, which it shrinks by 8% (docs/benchmarks.md), and about 5x that for the larger encoders.
+model's 91.6 MB, which it shrinks by 8% (docs/benchmarks.md); the larger encoders are 3-5x that size.
 """
 from __future__ import annotations
 
@@ -127,33 +127,41 @@ def _backend(location: str, endpoint_url: str | None = None, name: str = CHECKPO
     return _LocalFolder(location, name)
 
 
-def store_trained(blob: bytes, location: str, endpoint_url: str | None = None) -> dict:
-    """Keep the packed classifier `blob` (steps/training/models.py pack_directory) as `classifier.tar` at
-    `location`, atomically; returns what finds and checks it again: {"location", "file", "bytes", "sha256"}."""
+def store_trained(blob: bytes, root: str, path: str, endpoint_url: str | None = None) -> dict:
+    """Keep the packed classifier `blob` (steps/training/models.py pack_directory) as `classifier.tar` in the
+    folder `path` under `root` (a local directory or an s3:// prefix), atomically. Returns what finds and checks
+    it again, relative to the root, so a local datastore that is moved still finds it: {"path", "file", "bytes",
+    "sha256"}."""
     import hashlib
 
-    _backend(location, endpoint_url, TRAINED).write(lambda file: file.write(blob))
-    return {"location": location, "file": TRAINED, "bytes": len(blob), "sha256": hashlib.sha256(blob).hexdigest()}
+    _backend(_under(root, path), endpoint_url, TRAINED).write(lambda file: file.write(blob))
+    return {"path": path, "file": TRAINED, "bytes": len(blob), "sha256": hashlib.sha256(blob).hexdigest()}
 
 
-def trained_bytes(classifier, endpoint_url: str | None = None) -> bytes:
-    """The packed classifier: read from where `store_trained` kept it and checked against its SHA-256; packed
-    bytes as they are (a train step from before the classifier was kept beside the datastore)."""
+def trained_bytes(classifier, root: str | None = None, endpoint_url: str | None = None,
+                  train_again: str = "train it again") -> bytes:
+    """The packed classifier: read from where `store_trained` kept it under `root` and checked against its
+    SHA-256; packed bytes as they are (a train step from before the classifier was kept beside the datastore).
+    `train_again`: what the error says to do when the file is gone or changed (the flow names its command)."""
     import hashlib
 
     if isinstance(classifier, (bytes, bytearray)):
         return bytes(classifier)
-    location, name = classifier["location"], classifier.get("file", TRAINED)
-    blob = _backend(location, endpoint_url, name).read(lambda file: file.read())
+    if not isinstance(classifier, dict) or root is None:
+        raise TypeError("a trained classifier is packed bytes, or store_trained's reference read with its root")
+    where = f"{_under(root, classifier['path'])}/{classifier['file']}"
+    blob = _backend(_under(root, classifier["path"]), endpoint_url, classifier["file"]).read(lambda f: f.read())
     if blob is None:
-        raise ReviewflowError(f"the trained model {location}/{name} is gone (deleted or moved since its train step "
-                              "stored it): train it again, "
-                              "`python flows/review_flow.py resume train --origin-run-id <run id>`")
+        raise ReviewflowError(f"the trained model {where} is gone (deleted or moved since its train step stored "
+                              f"it): {train_again}")
     if hashlib.sha256(blob).hexdigest() != classifier["sha256"]:
-        raise ReviewflowError(f"the trained model {location}/{name} is not the one its train step stored (its "
-                              "SHA-256 differs: changed or overwritten since): train it again, "
-                              "`python flows/review_flow.py resume train --origin-run-id <run id>`")
+        raise ReviewflowError(f"the trained model {where} is not the one its train step stored (its SHA-256 "
+                              f"differs: changed or overwritten since): {train_again}")
     return blob
+
+
+def _under(root: str, path: str) -> str:
+    return f"{root.rstrip('/')}/{path.strip('/')}"
 
 
 class CheckpointStore:

@@ -69,8 +69,8 @@ def main() -> None:
         train_rows, test_rows = stored_split(data, "train"), stored_split(data, "test")
         baseline = evaluate_baseline(run, train_rows, test_rows, data.seed)
         marks.append(("TF-IDF baseline", time.perf_counter()))
-        with loaded(trained_bytes(data.classifier)) as model:  # as the step does: the weights read once (a kept
-            # folder's classifier is a local file; an S3 one would take the endpoint, as the step passes it)
+        with loaded(trained_bytes(data.classifier, str(folder / ".metaflow"))) as model:  # as the step does: the
+            # weights read once, from the kept folder's local datastore
             marks.append(("loading the trained classifier", time.perf_counter()))
             evaluation, _, _ = evaluate_served_model(
                 run, parent, model, data.tokens["test"], test_rows, data.history, "reviewflow-evaluate-profile",

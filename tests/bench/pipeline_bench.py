@@ -284,6 +284,8 @@ def import_floor(workdir: Path, modules: dict, repeats: int = 3) -> tuple[dict, 
                                  text=True, timeout=300)
             if out.returncode != 0:
                 log(f"replaying the {step} step's imports failed: {out.stderr.strip()[-500:]}")
+                seconds.pop(step, None)
+                failed[step] = ["(the replay itself failed)"]
                 break
             result = json.loads(out.stdout.strip().splitlines()[-1])
             seconds[step] = round(min(seconds.get(step, float("inf")), result["seconds"]), 2)
@@ -355,7 +357,7 @@ def measure(workdir: Path, flow_args: list[str], number: int, args, expected_rou
             line["import_floor_s"], failed = import_floor(workdir, step_modules(log_file))
             if failed:
                 line["import_floor_failed"] = failed
-            if line["empty_flow_s"] is not None:
+            if line["empty_flow_s"] is not None and set(line["import_floor_s"]) == set(line["steps"]):
                 floor = round(line["empty_flow_s"] + sum(line["import_floor_s"].values()), 2)
                 line["fixed_cost_floor_s"] = floor
                 line["fixed_cost_floor_share"] = round(floor / (floor + training), 3) if floor + training else None

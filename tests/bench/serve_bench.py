@@ -15,7 +15,8 @@ on a shared machine other load only slows a contender down. A last JSON line, {"
 the serving targets are stated in (docs/benchmarks.md#serving): fused fp32 ONNX vs PyTorch fp32 at batch 1 and 64,
 int8 vs PyTorch fp32 at batch 1, the served backend at batch 64 vs batch 1 (texts/s), its p99 at batch 1.
 `--graph` adds {"graph": {...}}: the served backend's scorer fed ready token rows of one length (the texts' median)
-at batch 1 and 64, nothing around it: how much of a batch's gain the arithmetic itself allows on this machine.
+at batch 1 and 64, only the softmax around it: how much of a batch's gain the arithmetic itself gives at that
+length on this machine.
 """
 from __future__ import annotations
 
@@ -215,11 +216,11 @@ def target_ratios(best: dict, served: str) -> dict:
 
 
 def graph_alone(model_uri: str, backend: str, texts: list[str], calls: int = 200) -> dict:
-    """The served backend's graph without anything around it (no pandas, tokenizer or length buckets): the same
-    scorer the pyfunc builds, fed ready token rows all of one length, the median token length of `texts`, at batch
-    1 (`calls` calls) and batch 64 (`calls` // 8 calls, at least 4). What the arithmetic itself gives per text at
-    each batch size on this machine, with the serving threads: the served model's batch-64 gain over batch 1 cannot
-    come from the graph beyond this ratio, only from spreading the per-call cost outside it."""
+    """The served backend's graph with only the softmax around it (no pandas, tokenizer or length buckets): the
+    same scorer the pyfunc builds, fed ready token rows all of one length, the median token length of `texts`, at
+    batch 1 (`calls` calls) and batch 64 (`calls` // 8 calls, at least 4). What the arithmetic itself gives per
+    text at each batch size at that length on this machine, with the serving threads; the rest of the served
+    model's batch-64 gain comes from spreading the per-call cost outside the graph."""
     import mlflow
     import numpy as np
 

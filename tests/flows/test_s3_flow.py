@@ -57,7 +57,7 @@ def test_metaflow_artifacts_and_mlflow_model_land_in_the_bucket(s3_run, s3_serve
     train = run["train"].task
     model_key = f"{prefix}/metaflow/reviewflow-models/ReviewFlow/{run.id}/train/{train.id}/attempt-0/classifier.tar"
     assert keys_under(s3_server, f"{prefix}/metaflow/reviewflow-models/") == [model_key]  # kept beside, raw
-    assert train.data.classifier["location"] == f"s3://{s3_server.bucket}/{model_key.rsplit('/', 1)[0]}"
+    assert train.data.classifier["path"] == model_key.removeprefix(f"{prefix}/metaflow/").rsplit("/", 1)[0]
     metaflow_keys = keys_under(s3_server, f"{prefix}/metaflow/ReviewFlow/")
     assert any("/data/" in k for k in metaflow_keys)  # content-addressed artifacts
     mlflow_keys = keys_under(s3_server, f"{prefix}/mlflow/")

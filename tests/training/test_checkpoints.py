@@ -1,6 +1,6 @@
 """CheckpointStore on a local directory and on a real S3 server (SeaweedFS on 127.0.0.1)."""
+import hashlib
 import os
-from pathlib import Path
 
 import pytest
 import torch
@@ -58,20 +58,25 @@ def test_locations_that_cannot_work_are_user_errors():
 
 def test_the_trained_classifier_is_kept_as_one_file_and_read_back_only_as_it_was_stored(tmp_path):
     blob = os.urandom(300_000)
-    where = store_trained(blob, str(tmp_path / "train" / "7" / "attempt-0"))
-    assert where["bytes"] == len(blob) and len(where["sha256"]) == 64 and where["file"] == TRAINED
-    assert os.listdir(where["location"]) == [TRAINED]  # no temporary leftovers
-    assert trained_bytes(where) == blob
+    where = store_trained(blob, str(tmp_path / "datastore"), "models/train/7/attempt-0")
+    assert where == {"path": "models/train/7/attempt-0", "file": TRAINED, "bytes": len(blob),
+                     "sha256": hashlib.sha256(blob).hexdigest()}  # relative: a moved datastore still finds it
+    folder = tmp_path / "datastore" / "models" / "train" / "7" / "attempt-0"
+    assert os.listdir(folder) == [TRAINED]  # no temporary leftovers
+    assert trained_bytes(where, str(tmp_path / "datastore")) == blob
+    (tmp_path / "datastore").rename(tmp_path / "moved")
+    assert trained_bytes(where, str(tmp_path / "moved")) == blob
     assert trained_bytes(blob) == blob  # a train step from before: its artifact is the packed bytes themselves
 
-    (Path(where["location"]) / TRAINED).write_bytes(blob[:-1] + b"x")  # overwritten since
-    with pytest.raises(ReviewflowError, match="not the one its train step stored .*resume train --origin-run-id"):
-        trained_bytes(where)
-    (Path(where["location"]) / TRAINED).unlink()
-    with pytest.raises(ReviewflowError, match=f"{TRAINED} is gone .*resume train --origin-run-id"):
-        trained_bytes(where)
+    folder = tmp_path / "moved" / "models" / "train" / "7" / "attempt-0"
+    (folder / TRAINED).write_bytes(blob[:-1] + b"x")  # overwritten since
+    with pytest.raises(ReviewflowError, match=f"{folder / TRAINED} is not the one its train step stored .*: do this"):
+        trained_bytes(where, str(tmp_path / "moved"), train_again="do this")
+    (folder / TRAINED).unlink()
+    with pytest.raises(ReviewflowError, match=f"{folder / TRAINED} is gone .*: train it again"):
+        trained_bytes(where, str(tmp_path / "moved"))
     with pytest.raises(ReviewflowError, match="model location 'gs://b/m': use a local directory or an s3:// URL"):
-        store_trained(blob, "gs://b/m")
+        store_trained(blob, "gs://b", "m")
 
 
 @pytest.fixture
@@ -105,12 +110,11 @@ def test_checkpoints_on_s3(s3_endpoint, monkeypatch):
 
 def test_the_trained_classifier_on_s3(s3_endpoint):
     blob = os.urandom(9_000_000)  # a multipart upload
-    where = store_trained(blob, "s3://checkpoints/reviewflow-models/ReviewFlow/1/train/6/attempt-0",
+    where = store_trained(blob, "s3://checkpoints/metaflow", "reviewflow-models/ReviewFlow/1/train/6/attempt-0",
                           endpoint_url=s3_endpoint)
-    assert trained_bytes(where, endpoint_url=s3_endpoint) == blob
-    missing = {**where, "location": "s3://checkpoints/reviewflow-models/ReviewFlow/2/train/6/attempt-0"}
-    with pytest.raises(ReviewflowError, match="is gone"):
-        trained_bytes(missing, endpoint_url=s3_endpoint)
+    assert trained_bytes(where, "s3://checkpoints/metaflow", endpoint_url=s3_endpoint) == blob
+    with pytest.raises(ReviewflowError, match="s3://checkpoints/elsewhere/reviewflow-models/.* is gone"):
+        trained_bytes(where, "s3://checkpoints/elsewhere", endpoint_url=s3_endpoint)
 
 
 def test_training_resumes_from_s3(s3_endpoint, tiny_model_dir, tiny_tokenizer):
