@@ -13,10 +13,11 @@ a resumed run first its own and then the checkpoint of the run it resumes. Writi
 S3 access goes through steps/runtime/storage.py (credential chain, error messages); the endpoint is the one given
 (the flow passes Metaflow's own, so checkpoints sit beside the datastore) or else storage's settings.
 
-The trained classifier is kept the same way (`store_trained` / `trained_bytes`): one file, `classifier.tar`, at its
-own location, written atomically, and named in the train step's artifact by its location, size and SHA-256, which
-the reader checks. Not as a Metaflow artifact, because Metaflow gzips every artifact: 2.7 s for the default
-model's 91.6 MB, which it shrinks by 8% (docs/benchmarks.md); the larger encoders are 3-5x that size.
+The trained classifier is kept the same way (`store_trained` / `trained_bytes`): one file, `classifier.tar`, in its
+own folder, written atomically, and named in the train step's artifact by its path under the datastore root, its
+size and SHA-256, which the reader checks. Not as a Metaflow artifact, because Metaflow gzips every artifact:
+2.7 s for the default model's 91.6 MB, which it shrinks by 8% (docs/benchmarks.md); the larger encoders are 3-5x
+that size.
 """
 from __future__ import annotations
 
