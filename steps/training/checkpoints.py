@@ -150,8 +150,9 @@ def trained_bytes(classifier, root: str | None = None, endpoint_url: str | None 
         return bytes(classifier)
     if not isinstance(classifier, dict) or root is None:
         raise TypeError("a trained classifier is packed bytes, or store_trained's reference read with its root")
-    where = f"{_under(root, classifier['path'])}/{classifier['file']}"
-    blob = _backend(_under(root, classifier["path"]), endpoint_url, classifier["file"]).read(lambda f: f.read())
+    location = _under(root, classifier["path"])
+    where = f"{location}/{classifier['file']}"
+    blob = _backend(location, endpoint_url, classifier["file"]).read(lambda f: f.read())
     if blob is None:
         raise ReviewflowError(f"the trained model {where} is gone (deleted or moved since its train step stored "
                               f"it): {train_again}")

@@ -226,18 +226,23 @@ def epoch_seconds_from_log(log_file: Path) -> list[float]:
     return list(by_epoch.values())
 
 
+def top_level_imports(log_file: Path) -> dict:
+    """From a flow log written under PYTHONPROFILEIMPORTTIME=1: {step: [(microseconds, module), ...]}, each step's
+    top-level imports in the order they were logged (a retried step's attempts, and anything else logged under the
+    step's prefix, follow one another)."""
+    found: dict = {}
+    for line in log_file.read_text(errors="replace").splitlines():
+        match = IMPORT_LINE.search(line)
+        if match:
+            found.setdefault(match.group(1), []).append((int(match.group(2)), match.group(3).strip()))
+    return found
+
+
 def import_seconds(log_file: Path, top: int = 5) -> tuple[dict, dict]:
     """From a flow log written under PYTHONPROFILEIMPORTTIME=1: ({step: seconds of its top-level imports},
     {step: [[module, seconds], ...] the `top` costliest}). A retried step's attempts add up."""
-    totals, modules = {}, {}
-    for line in log_file.read_text(errors="replace").splitlines():
-        match = IMPORT_LINE.search(line)
-        if match is None:
-            continue
-        step, micros, module = match.group(1), int(match.group(2)), match.group(3).strip()
-        totals[step] = totals.get(step, 0) + micros
-        modules.setdefault(step, []).append((micros, module))
-    seconds = {step: round(micros / 1e6, 2) for step, micros in totals.items()}
+    modules = top_level_imports(log_file)
+    seconds = {step: round(sum(micros for micros, _ in found) / 1e6, 2) for step, found in modules.items()}
     costliest = {step: [[module, round(micros / 1e6, 2)] for micros, module in sorted(found, reverse=True)[:top]]
                  for step, found in modules.items()}
     return seconds, costliest
@@ -246,12 +251,8 @@ def import_seconds(log_file: Path, top: int = 5) -> tuple[dict, dict]:
 def step_modules(log_file: Path) -> dict:
     """From a flow log written under PYTHONPROFILEIMPORTTIME=1: {step: its top-level imports, in first-import order,
     each once} (a retried step's attempts and anything else logged under the step's prefix merge)."""
-    modules: dict = {}
-    for line in log_file.read_text(errors="replace").splitlines():
-        match = IMPORT_LINE.search(line)
-        if match and match.group(3).strip() not in modules.setdefault(match.group(1), []):
-            modules[match.group(1)].append(match.group(3).strip())
-    return modules
+    return {step: list(dict.fromkeys(module for _, module in found))
+            for step, found in top_level_imports(log_file).items()}
 
 
 # Run in a fresh Python with a step process's sys.path: import metaflow first, untimed (the empty flow's processes
